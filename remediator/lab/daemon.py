@@ -1,0 +1,295 @@
+"""The lab daemon: one background process that owns everything a lab runs.
+
+``remediator lab up`` starts it detached (``python -m remediator.lab.daemon``). It makes itself a
+child subreaper, starts the control plane and the hosts step by step (recording each step in
+``lab.json``), then serves commands (status, fail, heal, down) on a Unix socket in the state dir. All
+commands run one at a time on the main thread, which is also the only thread that starts processes.
+Any failure while starting tears down whatever was started, records the error, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from remediator.errors import ConfigError, LabError, RemediatorError
+from remediator.lab import binaries as binaries_mod
+from remediator.lab import state
+from remediator.lab.controlplane import ControlPlane
+from remediator.lab.hosts import FAILURE_MODES, HostFleet, LabHost
+from remediator.lab.procs import Supervisor, become_subreaper
+from remediator.lab.state import LabPaths
+from remediator.lab.timers import LabTimers
+
+log = logging.getLogger("remediator.lab.daemon")
+
+Reply = dict[str, Any]
+
+
+@dataclass
+class _Request:
+    body: dict[str, Any]
+    reply: queue.Queue[Reply]
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _ControlServer
+
+    def handle(self) -> None:
+        line = self.rfile.readline(1 << 20)
+        try:
+            body = json.loads(line)
+            if not isinstance(body, dict):
+                raise TypeError("request must be a JSON object")
+        except (ValueError, TypeError) as exc:
+            self._send({"ok": False, "error": f"bad request: {exc}"})
+            return
+        request = _Request(body, queue.Queue(maxsize=1))
+        self.server.commands.put(request)
+        try:
+            reply = request.reply.get(timeout=600)
+        except queue.Empty:
+            reply = {"ok": False, "error": "the lab daemon did not answer in time"}
+        self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class _ControlServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, commands: queue.Queue[_Request]) -> None:
+        self.commands = commands
+        super().__init__(path, _Handler)
+
+
+class LabDaemon:
+    """Starts the lab, then serves commands until told to stop."""
+
+    def __init__(self, paths: LabPaths, host_count: int, timers: LabTimers) -> None:
+        self.paths = paths
+        self.host_count = host_count
+        self.timers = timers
+        self.supervisor = Supervisor()
+        self.commands: queue.Queue[_Request] = queue.Queue()
+        self.status: dict[str, Any] = {
+            "status": state.STATUS_STARTING,
+            "pid": os.getpid(),
+            "stateDir": str(paths.root),
+            "hostCount": host_count,
+            "timers": timers.as_dict(),
+            "steps": [],
+            "startedAt": time.time(),
+        }
+        self.control_plane: ControlPlane | None = None
+        self.fleet: HostFleet | None = None
+        self._stopping = False
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def _update(self, **fields: Any) -> None:
+        self.status.update(fields)
+        self.paths.write_status(self.status)
+
+    def _step(self, name: str, action: Callable[[], object]) -> None:
+        self._update(step=name)
+        log.info("step: %s", name)
+        started = time.monotonic()
+        action()
+        self.status["steps"].append({"step": name, "seconds": round(time.monotonic() - started, 3)})
+        self.paths.write_status(self.status)
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        found: dict[str, Any] = {}
+        self._step("find binaries", lambda: found.update(self._find_binaries()))
+        cp = ControlPlane(self.paths, self.supervisor, found, self.timers)
+        self.control_plane = cp
+        self._step("certificates", lambda: (cp.allocate_ports(), cp.generate_pki(), cp.write_kubeconfigs()))
+        self._update(ports=cp.ports, server=cp.server, kubeconfig=str(self.paths.kubeconfig))
+        self._step("start etcd", cp.start_etcd)
+        self._step("start kube-apiserver", cp.start_apiserver)
+        api = config.new_client_from_config(config_file=str(self.paths.kubeconfig))
+        core = client.CoreV1Api(api)
+        # The controller manager and the scheduler start in parallel with registering the hosts.
+        self._step("start kube-controller-manager", cp.start_controller_manager)
+        self._step("start kube-scheduler", cp.start_scheduler)
+        fleet = HostFleet(self.paths, self.supervisor, cp, core, self.timers)
+        self.fleet = fleet
+        hosts = [LabHost.new(i, state.host_name(i)) for i in range(1, self.host_count + 1)]
+
+        def register() -> None:
+            fleet.install_rbac(client.RbacAuthorizationV1Api(api))
+            for host in hosts:
+                fleet.add(host)
+                fleet.start_kwok(host)
+
+        self._step("register hosts", register)
+
+        def ready() -> None:
+            for host in hosts:
+                fleet.wait_ready(host)
+
+        self._step("hosts Ready", ready)
+        self._update(status=state.STATUS_READY, step="ready", readyAt=time.time(), hosts=self._hosts_json())
+
+    def _find_binaries(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for tool in binaries_mod.ALL_TOOLS:
+            for name in tool.packages:
+                path = binaries_mod.find_binary(name)
+                if path is None:
+                    raise LabError(
+                        "find binaries",
+                        f"{name} {tool.version()} is not built; run `python -m remediator.lab.binaries`",
+                    )
+                found[name] = path
+        return found
+
+    def _hosts_json(self) -> list[dict[str, Any]]:
+        return [h.to_json() for h in self.fleet.hosts.values()] if self.fleet else []
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def handle(self, body: dict[str, Any]) -> Reply:
+        command = body.get("command")
+        if command == "status":
+            return {"ok": True, "lab": self.status, "processes": self._processes()}
+        if command == "fail":
+            return self._fail(str(body.get("host")), str(body.get("mode")))
+        if command == "heal":
+            return self._heal(str(body.get("host")))
+        if command == "down":
+            self._stopping = True
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def _processes(self) -> list[dict[str, Any]]:
+        return [
+            {"name": p.name, "pid": p.pid, "log": str(p.log_path)}
+            for p in sorted(self.supervisor.running(), key=lambda p: p.started_at)
+        ]
+
+    def _host(self, name: str) -> LabHost:
+        assert self.fleet is not None
+        host = self.fleet.hosts.get(name)
+        if host is None:
+            known = ", ".join(self.fleet.hosts) or "none"
+            raise ConfigError(f"unknown host {name!r} (hosts: {known})")
+        return host
+
+    def _fail(self, name: str, mode: str) -> Reply:
+        host = self._host(name)
+        if mode not in FAILURE_MODES:
+            raise ConfigError(f"unknown failure mode {mode!r} (modes: {', '.join(FAILURE_MODES)})")
+        if host.failure:
+            return {"ok": True, "message": f"{name} has already failed ({host.failure})", "changed": False}
+        assert self.fleet is not None
+        self.fleet.stop_kwok(host)
+        host.failure = mode
+        host.extra["failedAt"] = time.time()
+        self._update(hosts=self._hosts_json())
+        return {"ok": True, "message": f"{name}: {mode} (its kwok stopped)", "changed": True, "at": time.time()}
+
+    def _heal(self, name: str) -> Reply:
+        host = self._host(name)
+        assert self.fleet is not None
+        if host.kwok is not None and host.kwok.alive() and not host.failure:
+            return {"ok": True, "message": f"{name} is healthy", "changed": False}
+        if host.kwok is None or not host.kwok.alive():
+            self.fleet.start_kwok(host)
+        host.failure = None
+        self._update(hosts=self._hosts_json())
+        return {"ok": True, "message": f"{name}: healed (kwok restarted)", "changed": True, "at": time.time()}
+
+    # --- main loop ------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        if self.paths.socket.exists():
+            self.paths.socket.unlink()
+        server = _ControlServer(str(self.paths.socket), self.commands)
+        os.chmod(self.paths.socket, 0o600)
+        thread = threading.Thread(target=server.serve_forever, name="control", daemon=True)
+        thread.start()
+        try:
+            while not self._stopping:
+                try:
+                    request = self.commands.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                try:
+                    reply = self.handle(request.body)
+                except RemediatorError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                request.reply.put(reply)
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    def teardown(self, final_status: str, error: str | None = None) -> None:
+        self._update(status=state.STATUS_STOPPING, step="stopping")
+        self.supervisor.stop_all()
+        if self.paths.socket.exists():
+            self.paths.socket.unlink()
+        self._update(status=final_status, step=final_status, error=error, stoppedAt=time.time(), hosts=[])
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        # Wake the main loop if it is waiting for a command.
+        self.commands.put(_Request({"command": "down"}, queue.Queue(maxsize=1)))
+
+
+def run(paths: LabPaths, host_count: int, timers: LabTimers) -> int:
+    subreaper = become_subreaper()
+    daemon = LabDaemon(paths, host_count, timers)
+    daemon.status["subreaper"] = subreaper
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        daemon.start()
+    except RemediatorError as exc:
+        log.error("lab start failed: %s", exc)
+        daemon.teardown(state.STATUS_FAILED, str(exc))
+        return 1
+    except Exception as exc:
+        log.exception("lab start failed")
+        daemon.teardown(state.STATUS_FAILED, f"{daemon.status.get('step')}: {exc!r} (log: {paths.daemon_log})")
+        return 1
+    try:
+        daemon.serve()
+    finally:
+        daemon.teardown(state.STATUS_STOPPED)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m remediator.lab.daemon")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--hosts", type=int, required=True)
+    parser.add_argument("--timers", required=True, help="JSON object of LabTimers fields")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    timers = LabTimers(**json.loads(args.timers))
+    return run(LabPaths(Path(args.state_dir)), args.hosts, timers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Reading a running lab: its daemon's view and the cluster's view of its nodes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kubernetes import client, config
+
+from remediator.errors import LabError
+from remediator.lab import client as lab_client
+from remediator.lab.hosts import node_ready_status
+from remediator.lab.state import LabPaths
+
+
+def core_api(paths: LabPaths) -> client.CoreV1Api:
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(paths.kubeconfig)))
+
+
+def lab_report(paths: LabPaths) -> dict[str, Any]:
+    """Everything `lab status` shows, as one JSON-ready dict."""
+    if not lab_client.is_running(paths):
+        return {"running": False, "stateDir": str(paths.root)}
+    reply = lab_client.request(paths, {"command": "status"})
+    lab = reply["lab"]
+    failures = {h["name"]: h.get("failure") for h in lab.get("hosts", [])}
+    nodes = []
+    if lab.get("status") == "ready":
+        for node in core_api(paths).list_node().items:
+            nodes.append(
+                {
+                    "name": node.metadata.name,
+                    "ready": node_ready_status(node) or "-",
+                    "taints": [f"{t.key}:{t.effect}" for t in (node.spec.taints or [])],
+                    "systemUUID": node.status.node_info.system_uuid if node.status.node_info else None,
+                    "failure": failures.get(node.metadata.name),
+                }
+            )
+    return {
+        "running": True,
+        "stateDir": str(paths.root),
+        "lab": lab,
+        "processes": reply["processes"],
+        "nodes": nodes,
+    }
+
+
+def wait_node_ready(paths: LabPaths, node: str, timeout: float) -> float:
+    """Wait until ``node`` reports Ready=True; returns the seconds waited."""
+    core = core_api(paths)
+    started = time.monotonic()
+    while node_ready_status(core.read_node(node)) != "True":
+        if time.monotonic() - started > timeout:
+            raise LabError(f"wait for {node}", f"not Ready after {timeout:.0f}s")
+        time.sleep(0.2)
+    return time.monotonic() - started

@@ -1,0 +1,174 @@
+"""Process supervision for the lab daemon.
+
+The lab daemon starts every process of the lab (etcd, the Kubernetes control plane, one kwok per
+host, and in later steps libvirtd, BMC emulators and controllers). This module owns them:
+
+* every child is started through ``setpriv --pdeathsig KILL`` so it dies with the daemon even if the
+  daemon is killed hard, and in its own session so a Ctrl-C in a terminal reaches only the CLI;
+* the daemon can make itself a *child subreaper*: orphaned grandchildren (a qemu that libvirtd
+  spawned, for example) are re-parented to it, and one reaper thread collects every exit at once.
+  Without that, this sandbox's PID 1 reaps late and ``virDomainDestroy`` waits 1-2 s for a zombie;
+* stopping is SIGTERM, a deadline, then SIGKILL, and always waits for the exit.
+
+Children must be spawned from one long-lived thread (the daemon's main loop): the kernel sends the
+parent-death signal when the *thread* that forked a child exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants. Returns whether it worked."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+@dataclass
+class ManagedProcess:
+    """A child process of the supervisor and what became of it."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    pid: int
+    started_at: float
+    returncode: int | None = None
+    exited: threading.Event = field(default_factory=threading.Event)
+
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status once the process has exited, or None if it still runs at the deadline."""
+        self.exited.wait(timeout)
+        return self.returncode
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class Supervisor:
+    """Starts, watches and stops the lab's processes, reaping every exit in one thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._children_changed = threading.Condition(self._lock)
+        self._by_pid: dict[int, ManagedProcess] = {}
+        self._closed = False
+        self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
+        self._reaper.start()
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> ManagedProcess:
+        """Start ``argv`` with stdout and stderr appended to ``log_path``.
+
+        ``wrapper`` is put between the death-signal wrapper and ``argv`` (e.g. ``unshare -m``).
+        """
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        full = ["setpriv", "--pdeathsig", "KILL", "--", *wrapper, *argv]
+        with log_path.open("ab") as out, self._lock:
+            out.write(f"=== {time.ctime()} starting: {' '.join(argv)}\n".encode())
+            out.flush()
+            popen = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+            )
+            # The reaper owns exit statuses; Popen must never wait on its own.
+            popen.returncode = 0
+            proc = ManagedProcess(name, list(argv), log_path, popen.pid, time.monotonic())
+            self._by_pid[popen.pid] = proc
+            self._children_changed.notify_all()
+        log.debug("started %s (pid %d)", name, proc.pid)
+        return proc
+
+    def stop(self, proc: ManagedProcess, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal ``proc`` (and its process group), wait up to ``timeout``, then SIGKILL and wait."""
+        if not proc.alive():
+            return proc.returncode
+        self._signal(proc, sig)
+        if proc.wait(timeout) is None and proc.alive():
+            self._signal(proc, signal.SIGKILL)
+            proc.wait(10.0)
+        return proc.returncode
+
+    def kill(self, proc: ManagedProcess) -> int | None:
+        """SIGKILL at once: how a power cut or a crash looks to the rest of the lab."""
+        return self.stop(proc, timeout=0.0, sig=signal.SIGKILL)
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            procs = [p for p in self._by_pid.values() if p.alive()]
+        # Stop the newest first: kwok before the API server, the API server before etcd.
+        for proc in sorted(procs, key=lambda p: p.started_at, reverse=True):
+            self.stop(proc, timeout)
+
+    def running(self) -> list[ManagedProcess]:
+        with self._lock:
+            return [p for p in self._by_pid.values() if p.alive()]
+
+    @staticmethod
+    def _signal(proc: ManagedProcess, sig: int) -> None:
+        for send in (lambda: os.killpg(proc.pid, sig), lambda: os.kill(proc.pid, sig)):
+            try:
+                send()
+                return
+            except ProcessLookupError:
+                continue
+            except PermissionError as exc:  # pragma: no cover - only if a pid was recycled
+                log.warning("cannot signal %s (pid %d): %s", proc.name, proc.pid, exc)
+                return
+
+    def _reap_forever(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                with self._lock:
+                    self._children_changed.wait(timeout=1.0)
+                continue
+            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
+                continue
+            except OSError as exc:  # pragma: no cover
+                if exc.errno != errno.EINTR:
+                    raise
+                continue
+            with self._lock:
+                proc = self._by_pid.get(pid)
+                if proc is not None:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    proc.exited.set()
+            if proc is not None:
+                log.debug("%s (pid %d) exited with %s", proc.name, pid, proc.returncode)

@@ -1,0 +1,1 @@
+"""vmcore: the bundled VM core on libvirt (VirtualMachine resources, controller, per-node handler)."""
