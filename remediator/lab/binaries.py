@@ -82,7 +82,9 @@ KUBE = GoTool(
 ETCD = GoTool(
     "etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"}, r"etcd Version: ([0-9.]+)"
 )
-KWOK = GoTool("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, r"(v?[0-9]+\.[0-9]+\.[0-9]+)")
+KWOK = GoTool(
+    "kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, r"(v?[0-9]+\.[0-9]+\.[0-9]+)"
+)
 
 ALL_TOOLS = (ETCD, KUBE, KWOK)
 

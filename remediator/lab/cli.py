@@ -49,7 +49,8 @@ def register(groups: Any) -> None:
         type=int,
         default=defaults.node_lease_duration,
         metavar="SECONDS",
-        help=f"node lease duration; renewed every quarter of it (lab default {defaults.node_lease_duration}s)",
+        help="node lease duration; renewed every quarter of it "
+        f"(lab default {defaults.node_lease_duration}s)",
     )
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the lab to be ready")
 

@@ -127,7 +127,9 @@ def wait_ready(
                 raise LabError("lab up", str(status.get("error")), str(paths.daemon_log))
             raise LabError("lab up", "the lab daemon exited while starting", str(paths.daemon_log))
         if time.monotonic() >= deadline:
-            raise LabError("lab up", f"not ready after {timeout:.0f}s (at step {step!r})", str(paths.daemon_log))
+            raise LabError(
+                "lab up", f"not ready after {timeout:.0f}s (at step {step!r})", str(paths.daemon_log)
+            )
         time.sleep(0.1)
 
 

@@ -71,7 +71,9 @@ def wait_until(
     while True:
         if proc is not None and not proc.alive():
             tail = " | ".join(line[:240] for line in proc.log_tail(2).splitlines())
-            raise LabError(step, f"{proc.name} exited with code {proc.returncode}: {tail}", str(proc.log_path))
+            raise LabError(
+                step, f"{proc.name} exited with code {proc.returncode}: {tail}", str(proc.log_path)
+            )
         if check():
             return time.monotonic() - started
         if time.monotonic() >= deadline:
@@ -90,7 +92,10 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, client: KeyPair, us
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "remediator-lab", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
+            {
+                "name": "remediator-lab",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
+            }
         ],
         "users": [
             {

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
+from remediator import kube
 from remediator.errors import ConfigError, LabError, RemediatorError
 from remediator.lab import binaries as binaries_mod
 from remediator.lab import state
@@ -121,13 +122,18 @@ class LabDaemon:
         self._step("find binaries", lambda: found.update(self._find_binaries()))
         cp = ControlPlane(self.paths, self.supervisor, found, self.timers)
         self.control_plane = cp
-        self._step("certificates", lambda: (cp.allocate_ports(), cp.generate_pki(), cp.write_kubeconfigs()))
+
+        def certificates() -> None:
+            cp.allocate_ports()
+            cp.generate_pki()
+            cp.write_kubeconfigs()
+
+        self._step("certificates", certificates)
         self._update(ports=cp.ports, server=cp.server, kubeconfig=str(self.paths.kubeconfig))
         self._step("start etcd", cp.start_etcd)
         self._step("start kube-apiserver", cp.start_apiserver)
-        api = config.new_client_from_config(config_file=str(self.paths.kubeconfig))
+        api = kube.api_client(self.paths.kubeconfig)
         core = client.CoreV1Api(api)
-        # The controller manager and the scheduler start in parallel with registering the hosts.
         self._step("start kube-controller-manager", cp.start_controller_manager)
         self._step("start kube-scheduler", cp.start_scheduler)
         fleet = HostFleet(self.paths, self.supervisor, cp, core, self.timers)
@@ -205,7 +211,12 @@ class LabDaemon:
         host.failure = mode
         host.extra["failedAt"] = time.time()
         self._update(hosts=self._hosts_json())
-        return {"ok": True, "message": f"{name}: {mode} (its kwok stopped)", "changed": True, "at": time.time()}
+        return {
+            "ok": True,
+            "message": f"{name}: {mode} (its kwok stopped)",
+            "changed": True,
+            "at": time.time(),
+        }
 
     def _heal(self, name: str) -> Reply:
         host = self._host(name)
@@ -269,7 +280,9 @@ def run(paths: LabPaths, host_count: int, timers: LabTimers) -> int:
         return 1
     except Exception as exc:
         log.exception("lab start failed")
-        daemon.teardown(state.STATUS_FAILED, f"{daemon.status.get('step')}: {exc!r} (log: {paths.daemon_log})")
+        daemon.teardown(
+            state.STATUS_FAILED, f"{daemon.status.get('step')}: {exc!r} (log: {paths.daemon_log})"
+        )
         return 1
     try:
         daemon.serve()

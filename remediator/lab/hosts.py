@@ -3,8 +3,9 @@
 A host's kwok runs with ``--manage-single-node`` and an identity of its own
 (``remediator-lab:kwok:NAME``, in a group bound to a ClusterRole with what a kubelet may do; the
 Node authorizer's ``system:node:`` identity cannot list nodes, which kwok needs), renews the node's
-Lease, and reports pods bound to the node as running. Stopping that process is a *kubelet hang*: the Lease goes stale and the real
-kube-controller-manager marks the node ``Ready=Unknown`` and taints it ``unreachable``.
+Lease, and reports pods bound to the node as running. Stopping that process is a *kubelet hang*:
+the Lease goes stale and the real kube-controller-manager marks the node ``Ready=Unknown`` and
+taints it ``unreachable``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from remediator import kube
 from remediator.errors import LabError
 from remediator.lab.controlplane import ControlPlane, wait_until
 from remediator.lab.procs import ManagedProcess, Supervisor
@@ -143,14 +145,6 @@ def write_kwok_config(paths: LabPaths, timers: LabTimers) -> Path:
     return path
 
 
-def node_ready_status(node: Any) -> str | None:
-    """The node's Ready condition status ("True", "False", "Unknown") or None."""
-    for condition in (node.status.conditions or []) if node.status else []:
-        if condition.type == "Ready":
-            return str(condition.status)
-    return None
-
-
 def kwok_rbac() -> tuple[dict[str, Any], dict[str, Any]]:
     """The ClusterRole and binding that let the lab's kwok processes act as kubelets."""
     role = {
@@ -201,20 +195,20 @@ class HostFleet:
 
     def install_rbac(self, rbac: client.RbacAuthorizationV1Api) -> None:
         role, binding = kwok_rbac()
-        for create, body in (
+        for create, manifest in (
             (rbac.create_cluster_role, role),
             (rbac.create_cluster_role_binding, binding),
         ):
             try:
-                create(body)
+                create(kube.body(manifest))
             except ApiException as exc:
                 if exc.status != 409:
-                    raise LabError("kwok RBAC", f"creating {body['kind']} failed: {exc.reason}") from exc
+                    raise LabError("kwok RBAC", f"creating {manifest['kind']} failed: {exc.reason}") from exc
 
     def add(self, host: LabHost) -> None:
         manifest = node_manifest(host)
         try:
-            self.core.create_node(manifest)
+            self.core.create_node(kube.body(manifest))
         except ApiException as exc:
             if exc.status != 409:
                 raise LabError(f"register {host.name}", f"creating the Node failed: {exc.reason}") from exc
@@ -247,7 +241,7 @@ class HostFleet:
 
         def ready() -> bool:
             node = self.core.read_node(host.name)
-            taints = {t.key for t in (node.spec.taints or [])}
-            return node_ready_status(node) == "True" and NOT_READY_TAINT not in taints
+            taints = {key for key, _ in kube.node_taints(node)}
+            return kube.node_ready_status(node) == "True" and NOT_READY_TAINT not in taints
 
         return wait_until(ready, step=f"{host.name} Ready", timeout=timeout, proc=host.kwok, interval=0.2)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
+from remediator import kube
 from remediator.errors import LabError
 from remediator.lab import client as lab_client
-from remediator.lab.hosts import node_ready_status
 from remediator.lab.state import LabPaths
 
 
 def core_api(paths: LabPaths) -> client.CoreV1Api:
-    return client.CoreV1Api(config.new_client_from_config(config_file=str(paths.kubeconfig)))
+    return client.CoreV1Api(kube.api_client(paths.kubeconfig))
 
 
 def lab_report(paths: LabPaths) -> dict[str, Any]:
@@ -27,13 +27,14 @@ def lab_report(paths: LabPaths) -> dict[str, Any]:
     nodes = []
     if lab.get("status") == "ready":
         for node in core_api(paths).list_node().items:
+            name = kube.node_name(node)
             nodes.append(
                 {
-                    "name": node.metadata.name,
-                    "ready": node_ready_status(node) or "-",
-                    "taints": [f"{t.key}:{t.effect}" for t in (node.spec.taints or [])],
-                    "systemUUID": node.status.node_info.system_uuid if node.status.node_info else None,
-                    "failure": failures.get(node.metadata.name),
+                    "name": name,
+                    "ready": kube.node_ready_status(node) or "-",
+                    "taints": [f"{key}:{effect}" for key, effect in kube.node_taints(node)],
+                    "systemUUID": kube.node_system_uuid(node),
+                    "failure": failures.get(name),
                 }
             )
     return {
@@ -49,7 +50,7 @@ def wait_node_ready(paths: LabPaths, node: str, timeout: float) -> float:
     """Wait until ``node`` reports Ready=True; returns the seconds waited."""
     core = core_api(paths)
     started = time.monotonic()
-    while node_ready_status(core.read_node(node)) != "True":
+    while kube.node_ready_status(core.read_node(node)) != "True":
         if time.monotonic() - started > timeout:
             raise LabError(f"wait for {node}", f"not Ready after {timeout:.0f}s")
         time.sleep(0.2)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 def become_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants. Returns whether it worked."""
     libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    prctl: Any = libc.prctl
+    return bool(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 @dataclass
@@ -141,9 +143,10 @@ class Supervisor:
 
     @staticmethod
     def _signal(proc: ManagedProcess, sig: int) -> None:
-        for send in (lambda: os.killpg(proc.pid, sig), lambda: os.kill(proc.pid, sig)):
+        # The whole process group first (a child's own helpers go too), then the process alone.
+        for send in (os.killpg, os.kill):
             try:
-                send()
+                send(proc.pid, sig)
                 return
             except ProcessLookupError:
                 continue
