@@ -29,6 +29,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# libvirtd's qemu driver refuses to start without these, even when qemu.conf says root.
+if ! getent group libvirt-qemu >/dev/null; then groupadd --system libvirt-qemu; fi
+if ! getent passwd libvirt-qemu >/dev/null; then
+  say "creating the libvirt-qemu system user"
+  useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
+fi
+
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "bootstrap: $PYTHON is older than 3.11" >&2

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from remediator.errors import LabError
 from remediator.lab.pki import CertificateAuthority
+from remediator.lab.procs import ManagedProcess, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +90,66 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
+class _Child:
+    """An emulator process: a plain subprocess (tests), or one owned by the lab daemon's supervisor
+    (the lab: it dies with the daemon and is reaped by it)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        cwd: Path | None,
+        supervisor: Supervisor | None,
+    ) -> None:
+        self._supervisor = supervisor
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._managed: ManagedProcess | None = None
+        if supervisor is not None:
+            self._managed = supervisor.spawn(name, argv, log_path, env=env, cwd=cwd)
+        else:
+            with log_path.open("ab") as logf:
+                self._popen = subprocess.Popen(
+                    argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+                )
+
+    @property
+    def pid(self) -> int:
+        if self._managed is not None:
+            return self._managed.pid
+        assert self._popen is not None
+        return self._popen.pid
+
+    def poll(self) -> int | None:
+        """The exit status once it has exited, else None."""
+        if self._managed is not None:
+            return None if self._managed.alive() else (self._managed.returncode or 0)
+        assert self._popen is not None
+        return self._popen.poll()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.poll()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._managed is not None and self._supervisor is not None:
+            self._supervisor.stop(self._managed, timeout)
+            return
+        proc = self._popen
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def _stop_process(proc: _Child | None, timeout: float = 5.0) -> None:
+    if proc is not None:
+        proc.stop(timeout)
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -127,6 +179,7 @@ class SushyEmulator:
         libvirt_uri: str | None = None,
         fake_systems: Sequence[dict[str, Any]] | None = None,
         port: int | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         if (libvirt_uri is None) == (fake_systems is None):
             raise LabError("sushy-emulator", "give exactly one of libvirt_uri or fake_systems")
@@ -139,7 +192,8 @@ class SushyEmulator:
         self.port = port or free_tcp_port()
         self.log_path = self.state_dir / "sushy.log"
         self.ca_file = self.state_dir / "ca.crt"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._supervisor = supervisor
+        self._proc: _Child | None = None
 
     @property
     def url(self) -> str:
@@ -174,15 +228,14 @@ class SushyEmulator:
     def start(self, timeout: float = 30.0) -> SushyEmulator:
         config = self._write_config()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUSHY_EMULATOR_")}
-        with self.log_path.open("ab") as logf:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "sushy_tools.emulator.main", "--config", str(config)],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.state_dir,
-            )
+        self._proc = _Child(
+            "sushy-emulator",
+            [sys.executable, "-m", "sushy_tools.emulator.main", "--config", str(config)],
+            self.log_path,
+            env,
+            self.state_dir,
+            self._supervisor,
+        )
         context = ssl.create_default_context(cafile=str(self.ca_file))
         deadline = time.monotonic() + timeout
         while True:
@@ -193,8 +246,8 @@ class SushyEmulator:
                     str(self.log_path),
                 )
             try:
-                urllib.request.urlopen(f"{self.url}/redfish/v1/", context=context, timeout=1)  # noqa: S310
-                break
+                with urllib.request.urlopen(f"{self.url}/redfish/v1/", context=context, timeout=1):  # noqa: S310
+                    break
             except urllib.error.HTTPError:
                 break  # it answers (perhaps 401): it is up
             except (urllib.error.URLError, OSError):
@@ -365,6 +418,8 @@ class IpmiBmc:
         domain: str | None = None,
         initial_on: bool = True,
         port: int = 0,
+        supervisor: Supervisor | None = None,
+        name: str = "ipmi-bmc",
     ) -> None:
         if (libvirt_uri is None) != (domain is None):
             raise LabError("ipmi-bmc", "libvirt_uri and domain go together")
@@ -381,7 +436,9 @@ class IpmiBmc:
         self.power_file = self.state_dir / "power.json"
         self.faults_file = self.state_dir / "faults.json"
         self.ready_file = self.state_dir / "ipmi-ready.json"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._supervisor = supervisor
+        self._name = name
+        self._proc: _Child | None = None
 
     @property
     def address(self) -> str:
@@ -402,10 +459,7 @@ class IpmiBmc:
         if not self.initial_on:
             argv.append("--initially-off")
         env = dict(os.environ, **{PASSWORD_ENV: self._password})
-        with self.log_path.open("ab") as logf:
-            self._proc = subprocess.Popen(
-                argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
+        self._proc = _Child(self._name, argv, self.log_path, env, None, self._supervisor)
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
             if self._proc.poll() is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from remediator.errors import ConfigError, LabNotRunning
 from remediator.lab import binaries, client
+from remediator.lab.hosts import FAILURE_MODES
 from remediator.lab.state import LabPaths, default_state_dir
 from remediator.lab.timers import LabTimers
 from remediator.progress import ProgressLine
@@ -62,9 +63,19 @@ def register(groups: Any) -> None:
 
     fail = add("fail", cmd_fail, "make a host fail")
     fail.add_argument("host", help="host name, e.g. lab-host-2")
-    fail.add_argument("--mode", required=True, choices=["kubelet-hang"], help="how the host fails")
+    fail.add_argument(
+        "--mode",
+        required=True,
+        choices=list(FAILURE_MODES),
+        help="kubelet-hang: the host stays powered but its node stops reporting; "
+        "power-loss: the host's power is cut behind the controller's back",
+    )
 
-    heal = add("heal", cmd_heal, "undo a host's failure")
+    bmc = add("bmc", cmd_bmc, "a host's BMC addresses and the lab's BMC credentials (lab only)")
+    bmc.add_argument("host", help="host name, e.g. lab-host-2")
+    bmc.add_argument("--json", action="store_true", help="print one JSON object")
+
+    heal = add("heal", cmd_heal, "undo a host's failure (restore power, or restart its kubelet)")
     heal.add_argument("host", help="host name, e.g. lab-host-2")
     heal.add_argument("--wait", action="store_true", help="wait until the node is Ready again")
 
@@ -174,4 +185,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     for node in report["nodes"]:
         taints = ", ".join(node["taints"]) or "-"
         print(f"    {node['name']:<14} {node['ready']:<8} {node['failure'] or '-':<14} {taints}")
+    return 0
+
+
+def cmd_bmc(args: argparse.Namespace) -> int:
+    from remediator.lab.inspect import host_bmc
+
+    info = host_bmc(_paths(args), args.host)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2, sort_keys=True)
+        print()
+        return 0
+    redfish, ipmi = info["redfish"], info["ipmi"]
+    port = ipmi["address"].rsplit(":", 1)[1]
+    print(f"{args.host} (system UUID {info['systemUUID']}, power {info['power']})")
+    print(f"  Redfish: {redfish['address']}")
+    print(f"           {redfish['url']}  (HTTPS, CA {info['caFile']})")
+    print(f"  IPMI:    {ipmi['address']}  (lanplus, HMAC-SHA1 only: cipher suite 3)")
+    print(f"  user {info['username']}, password {info['password']}  (lab credentials)")
+    print("Try:")
+    print(f"  curl --cacert {info['caFile']} -u {info['username']}:{info['password']} {redfish['url']}")
+    print(
+        f"  ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {port} -U {info['username']} "
+        f"-P {info['password']} power status"
+    )
+    print(
+        f"  fence_redfish --ip 127.0.0.1 --ipport {redfish['port']} --ssl-secure "
+        f"--systems-uri {redfish['systemPath']} -l {info['username']} -p {info['password']} -o status"
+        f"   (needs the CA trusted, or --ssl-insecure)"
+    )
+    print(
+        f"  remediator bmc status {redfish['address']} --username {info['username']} "
+        f"--password-file <(echo {info['password']}) --ca-file {info['caFile']}"
+    )
     return 0

@@ -30,7 +30,9 @@ from remediator import kube
 from remediator.errors import ConfigError, LabError, RemediatorError
 from remediator.lab import binaries as binaries_mod
 from remediator.lab import state
+from remediator.lab.bmcs import LabBmcs
 from remediator.lab.controlplane import ControlPlane
+from remediator.lab.hardware import Hardware
 from remediator.lab.hosts import FAILURE_MODES, HostFleet, LabHost
 from remediator.lab.procs import Supervisor, become_subreaper
 from remediator.lab.state import LabPaths
@@ -39,6 +41,9 @@ from remediator.lab.timers import LabTimers
 log = logging.getLogger("remediator.lab.daemon")
 
 Reply = dict[str, Any]
+
+#: Internal command: a host domain's power changed (from libvirt's event thread).
+POWER_EVENT = "_power-event"
 
 
 @dataclass
@@ -99,6 +104,8 @@ class LabDaemon:
         }
         self.control_plane: ControlPlane | None = None
         self.fleet: HostFleet | None = None
+        self.hardware: Hardware | None = None
+        self.bmcs: LabBmcs | None = None
         self._stopping = False
 
     # --- status ---------------------------------------------------------------------------------
@@ -130,15 +137,40 @@ class LabDaemon:
 
         self._step("certificates", certificates)
         self._update(ports=cp.ports, server=cp.server, kubeconfig=str(self.paths.kubeconfig))
+        hardware = Hardware(self.paths.root / "hardware", self.supervisor, self._on_power_event)
+        self.hardware = hardware
+        # libvirtd probes qemu while the control plane starts.
+        self._step("spawn hardware libvirtd", hardware.spawn)
         self._step("start etcd", cp.start_etcd)
         self._step("start kube-apiserver", cp.start_apiserver)
         api = kube.api_client(self.paths.kubeconfig)
         core = client.CoreV1Api(api)
         self._step("start kube-controller-manager", cp.start_controller_manager)
         self._step("start kube-scheduler", cp.start_scheduler)
+        self._step("apply CRDs", lambda: kube.apply_crds(api))
         fleet = HostFleet(self.paths, self.supervisor, cp, core, self.timers)
         self.fleet = fleet
         hosts = [LabHost.new(i, state.host_name(i)) for i in range(1, self.host_count + 1)]
+
+        def power_on_hosts() -> None:
+            hardware.connect()
+            for host in hosts:
+                hardware.add_host(host.name, host.system_uuid)
+                host.powered = True
+
+        self._step("power on host domains", power_on_hosts)
+        assert cp.ca is not None
+        bmcs = LabBmcs(self.paths.root / "bmc", self.supervisor, cp.ca, hardware.uri)
+        self.bmcs = bmcs
+
+        def start_bmcs() -> None:
+            bmcs.start_redfish()
+            for host in hosts:
+                bmcs.start_ipmi(host.name, host.system_uuid)
+                host.bmc = bmcs.endpoints(host.name, host.system_uuid)
+            bmcs.install(api, {h.name: h.system_uuid for h in hosts})
+
+        self._step("start BMCs", start_bmcs)
 
         def register() -> None:
             fleet.install_rbac(client.RbacAuthorizationV1Api(api))
@@ -181,6 +213,9 @@ class LabDaemon:
             return self._fail(str(body.get("host")), str(body.get("mode")))
         if command == "heal":
             return self._heal(str(body.get("host")))
+        if command == POWER_EVENT:
+            self._power_changed(str(body.get("host")), bool(body.get("on")))
+            return {"ok": True}
         if command == "down":
             self._stopping = True
             return {"ok": True}
@@ -206,28 +241,60 @@ class LabDaemon:
             raise ConfigError(f"unknown failure mode {mode!r} (modes: {', '.join(FAILURE_MODES)})")
         if host.failure:
             return {"ok": True, "message": f"{name} has already failed ({host.failure})", "changed": False}
-        assert self.fleet is not None
-        self.fleet.stop_kwok(host)
+        if not host.powered:
+            return {"ok": True, "message": f"{name} is powered off already", "changed": False}
+        assert self.fleet is not None and self.hardware is not None
+        at = time.time()
+        if mode == "kubelet-hang":
+            self.fleet.stop_kwok(host)
+            message = f"{name}: kubelet hang (the host stays powered; its node stops heartbeating)"
+        else:  # power-loss: cut the host domain's power behind everybody's back
+            self.hardware.power(name, False)
+            self._power_changed(name, False)
+            message = f"{name}: power lost"
         host.failure = mode
-        host.extra["failedAt"] = time.time()
+        host.extra["failedAt"] = at
         self._update(hosts=self._hosts_json())
-        return {
-            "ok": True,
-            "message": f"{name}: {mode} (its kwok stopped)",
-            "changed": True,
-            "at": time.time(),
-        }
+        return {"ok": True, "message": message, "changed": True, "at": at}
 
     def _heal(self, name: str) -> Reply:
         host = self._host(name)
-        assert self.fleet is not None
-        if host.kwok is not None and host.kwok.alive() and not host.failure:
-            return {"ok": True, "message": f"{name} is healthy", "changed": False}
-        if host.kwok is None or not host.kwok.alive():
+        assert self.fleet is not None and self.hardware is not None
+        at = time.time()
+        if not host.powered:
+            self.hardware.power(name, True)
+            self._power_changed(name, True)
+            message = f"{name}: power restored, the host boots"
+        elif host.kwok is None or not host.kwok.alive():
             self.fleet.start_kwok(host)
+            message = f"{name}: healed (kubelet running again)"
+        else:
+            return {"ok": True, "message": f"{name} is healthy", "changed": False}
         host.failure = None
         self._update(hosts=self._hosts_json())
-        return {"ok": True, "message": f"{name}: healed (kwok restarted)", "changed": True, "at": time.time()}
+        return {"ok": True, "message": message, "changed": True, "at": at}
+
+    def _on_power_event(self, host: str, on: bool) -> None:
+        """From libvirt's event thread: hand the change to the main loop, which owns processes."""
+        self.commands.put(_Request({"command": POWER_EVENT, "host": host, "on": on}, queue.Queue(maxsize=1)))
+
+    def _power_changed(self, name: str, on: bool) -> None:
+        """A host's power changed (through its BMC, or `lab fail/heal`): it stops, or it boots."""
+        assert self.fleet is not None
+        host = self.fleet.hosts.get(name)
+        if host is None or host.powered == on:
+            return  # not a lab host, or the event of a change already handled
+        host.powered = on
+        if on:
+            host.failure = None  # a fresh boot: whatever hung before is gone
+            if host.kwok is None or not host.kwok.alive():
+                self.fleet.start_kwok(host)
+            host.extra["poweredOnAt"] = time.time()
+        else:
+            self.fleet.stop_kwok(host)
+            host.extra["poweredOffAt"] = time.time()
+        log.info("%s powered %s", name, "on" if on else "off")
+        self._update(hosts=self._hosts_json())
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -255,7 +322,10 @@ class LabDaemon:
 
     def teardown(self, final_status: str, error: str | None = None) -> None:
         self._update(status=state.STATUS_STOPPING, step="stopping")
+        if self.hardware is not None:
+            self.hardware.stop()
         self.supervisor.stop_all()
+        self.supervisor.kill_orphans()
         if self.paths.socket.exists():
             self.paths.socket.unlink()
         self._update(status=final_status, step=final_status, error=error, stoppedAt=time.time(), hosts=[])

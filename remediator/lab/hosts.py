@@ -32,7 +32,7 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 KWOK_ROLE = "remediator-lab-kwok"
 ZONES = ("lab-zone-a", "lab-zone-b", "lab-zone-c")
 
-FAILURE_MODES = ("kubelet-hang",)
+FAILURE_MODES = ("kubelet-hang", "power-loss")
 
 
 @dataclass
@@ -46,6 +46,8 @@ class LabHost:
     pod_cidr: str
     kwok: ManagedProcess | None = None
     failure: str | None = None
+    powered: bool = False
+    bmc: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +69,9 @@ class LabHost:
             "podCIDR": self.pod_cidr,
             "kwokPid": self.kwok.pid if self.kwok and self.kwok.alive() else None,
             "failure": self.failure,
+            "power": "on" if self.powered else "off",
+            "bmc": self.bmc,
+            **{k: v for k, v in self.extra.items() if k.endswith("At")},
         }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes import client
 
 from remediator import kube
-from remediator.errors import LabError
+from remediator.errors import ConfigError, LabError
 from remediator.lab import client as lab_client
 from remediator.lab.state import LabPaths
 
@@ -55,3 +55,33 @@ def wait_node_ready(paths: LabPaths, node: str, timeout: float) -> float:
             raise LabError(f"wait for {node}", f"not Ready after {timeout:.0f}s")
         time.sleep(0.2)
     return time.monotonic() - started
+
+
+def host_bmc(paths: LabPaths, host: str) -> dict[str, Any]:
+    """A host's BMC endpoints and the lab's BMC credentials (the lab's own, shown on purpose)."""
+    import json
+    from urllib.parse import urlsplit
+
+    reply = lab_client.request(paths, {"command": "status"})
+    hosts = {h["name"]: h for h in reply["lab"].get("hosts", [])}
+    if host not in hosts:
+        raise ConfigError(f"unknown host {host!r} (hosts: {', '.join(hosts) or 'none'})")
+    entry = hosts[host]
+    redfish = entry["bmc"]["redfish"]
+    parts = urlsplit(redfish)
+    credentials = json.loads((paths.root / "bmc" / "credentials.json").read_text())
+    return {
+        "host": host,
+        "systemUUID": entry["systemUUID"],
+        "power": entry["power"],
+        "redfish": {
+            "address": redfish,
+            "url": f"https://{parts.netloc}{parts.path}",
+            "port": parts.port,
+            "systemPath": parts.path,
+        },
+        "ipmi": {"address": entry["bmc"]["ipmi"], "cipherSuite": 3},
+        "username": credentials["username"],
+        "password": credentials["password"],
+        "caFile": str(paths.root / "bmc" / "ca.crt"),
+    }

@@ -16,6 +16,7 @@ parent-death signal when the *thread* that forked a child exits.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -136,6 +137,21 @@ class Supervisor:
         # Stop the newest first: kwok before the API server, the API server before etcd.
         for proc in sorted(procs, key=lambda p: p.started_at, reverse=True):
             self.stop(proc, timeout)
+
+    def kill_orphans(self) -> None:
+        """SIGKILL every remaining child of this process: orphans re-parented to the subreaper
+        (a qemu whose libvirtd is gone) that nothing else would stop."""
+        me = str(os.getpid())
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
 
     def running(self) -> list[ManagedProcess]:
         with self._lock:
