@@ -11,6 +11,8 @@ from typing import Any
 
 from kubernetes import client, config
 
+from remediator.errors import ConfigError
+
 
 def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     """An API client from a kubeconfig file, or from the in-cluster service account when None."""
@@ -21,6 +23,21 @@ def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
         config_file=str(kubeconfig)
     )
     return api
+
+
+def api_error_message(exc: Exception) -> str:
+    """The API server's own message from an ApiException (its JSON Status), else the exception."""
+    import json
+
+    raw = getattr(exc, "body", None)
+    if raw:
+        try:
+            status = json.loads(raw)
+        except (TypeError, ValueError):
+            return str(raw)[:500]
+        if isinstance(status, dict) and status.get("message"):
+            return str(status["message"])
+    return f"{getattr(exc, 'status', '')} {getattr(exc, 'reason', exc)}".strip()
 
 
 def body(manifest: dict[str, Any]) -> Any:
@@ -78,7 +95,9 @@ def apply_crds(api: client.ApiClient, paths: list[Path] | None = None, timeout: 
                 ext.create_custom_resource_definition(body(doc))
             except ApiException as exc:
                 if exc.status != 409:
-                    raise
+                    raise ConfigError(
+                        f"CRD {name} from {path} was rejected: {api_error_message(exc)}"
+                    ) from exc
                 current = ext.read_custom_resource_definition(name)
                 doc["metadata"]["resourceVersion"] = (
                     current.metadata.resource_version if current.metadata else None

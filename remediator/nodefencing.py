@@ -12,9 +12,8 @@ import base64
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from remediator import kube
 from remediator.errors import ConfigError
 from remediator.fencing import Credentials, PowerDriver, open_driver, parse_bmc_address
 
@@ -159,7 +158,7 @@ def read_node_fencing(api_client: Any, node_name: str) -> NodeFencingSpec:
         if exc.status == 404:
             raise NodeFencingNotFound(node_name) from exc
         raise
-    return parse_node_fencing(kube.body(obj))
+    return parse_node_fencing(cast(dict[str, Any], obj))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from remediator.lab import state
 from remediator.lab.bmcs import LabBmcs
 from remediator.lab.controlplane import ControlPlane
 from remediator.lab.hardware import Hardware
-from remediator.lab.hosts import FAILURE_MODES, HostFleet, LabHost
+from remediator.lab.hosts import FAILURE_MODES, HostFleet, HostService, LabHost
 from remediator.lab.procs import Supervisor, become_subreaper
 from remediator.lab.state import LabPaths
 from remediator.lab.timers import LabTimers
@@ -150,6 +150,7 @@ class LabDaemon:
         self._step("apply CRDs", lambda: kube.apply_crds(api))
         fleet = HostFleet(self.paths, self.supervisor, cp, core, self.timers)
         self.fleet = fleet
+        fleet.services.extend(self._host_services(hardware))
         hosts = [LabHost.new(i, state.host_name(i)) for i in range(1, self.host_count + 1)]
 
         def power_on_hosts() -> None:
@@ -176,7 +177,7 @@ class LabDaemon:
             fleet.install_rbac(client.RbacAuthorizationV1Api(api))
             for host in hosts:
                 fleet.add(host)
-                fleet.start_kwok(host)
+                fleet.boot(host)
 
         self._step("register hosts", register)
 
@@ -186,6 +187,10 @@ class LabDaemon:
 
         self._step("hosts Ready", ready)
         self._update(status=state.STATUS_READY, step="ready", readyAt=time.time(), hosts=self._hosts_json())
+
+    def _host_services(self, hardware: Hardware) -> list[HostService]:
+        """What every host runs besides its kubelet (booted and halted with the host's power)."""
+        return []
 
     def _find_binaries(self) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -201,7 +206,7 @@ class LabDaemon:
         return found
 
     def _hosts_json(self) -> list[dict[str, Any]]:
-        return [h.to_json() for h in self.fleet.hosts.values()] if self.fleet else []
+        return [self.fleet.describe(h) for h in self.fleet.hosts.values()] if self.fleet else []
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -287,11 +292,10 @@ class LabDaemon:
         host.powered = on
         if on:
             host.failure = None  # a fresh boot: whatever hung before is gone
-            if host.kwok is None or not host.kwok.alive():
-                self.fleet.start_kwok(host)
+            self.fleet.boot(host)
             host.extra["poweredOnAt"] = time.time()
         else:
-            self.fleet.stop_kwok(host)
+            self.fleet.halt(host)
             host.extra["poweredOffAt"] = time.time()
         log.info("%s powered %s", name, "on" if on else "off")
         self._update(hosts=self._hosts_json())
@@ -322,6 +326,8 @@ class LabDaemon:
 
     def teardown(self, final_status: str, error: str | None = None) -> None:
         self._update(status=state.STATUS_STOPPING, step="stopping")
+        if self.fleet is not None:
+            self.fleet.stop_services()
         if self.hardware is not None:
             self.hardware.stop()
         self.supervisor.stop_all()

@@ -14,7 +14,7 @@ import importlib.resources
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -73,6 +73,25 @@ class LabHost:
             "bmc": self.bmc,
             **{k: v for k, v in self.extra.items() if k.endswith("At")},
         }
+
+
+class HostService(Protocol):
+    """Something every lab host runs besides its kubelet (e.g. its libvirtd and VM handler).
+
+    The lab calls ``boot`` when a host powers on (and at lab start), ``halt`` when it loses power
+    (kill at once: a power cut gives no chance to shut down cleanly), ``describe`` for `lab status`,
+    and ``stop`` once at lab teardown. A kubelet hang does not touch services: the host still runs.
+    """
+
+    name: str
+
+    def boot(self, host: LabHost) -> None: ...
+
+    def halt(self, host: LabHost) -> None: ...
+
+    def describe(self, host: LabHost) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
 
 
 def node_manifest(host: LabHost) -> dict[str, Any]:
@@ -196,6 +215,7 @@ class HostFleet:
         self.core = core
         self.timers = timers
         self.hosts: dict[str, LabHost] = {}
+        self.services: list[HostService] = []
         self.kwok_config = write_kwok_config(paths, timers)
 
     def install_rbac(self, rbac: client.RbacAuthorizationV1Api) -> None:
@@ -240,6 +260,29 @@ class HostFleet:
     def stop_kwok(self, host: LabHost) -> None:
         if host.kwok is not None:
             self.supervisor.kill(host.kwok)
+
+    def boot(self, host: LabHost) -> None:
+        """The host powered on: its services start, then its kubelet registers it as Ready."""
+        for service in self.services:
+            service.boot(host)
+        if host.kwok is None or not host.kwok.alive():
+            self.start_kwok(host)
+
+    def halt(self, host: LabHost) -> None:
+        """The host lost power: everything on it dies at once."""
+        self.stop_kwok(host)
+        for service in self.services:
+            service.halt(host)
+
+    def describe(self, host: LabHost) -> dict[str, Any]:
+        described = host.to_json()
+        for service in self.services:
+            described[service.name] = service.describe(host)
+        return described
+
+    def stop_services(self) -> None:
+        for service in self.services:
+            service.stop()
 
     def wait_ready(self, host: LabHost, timeout: float = 60.0) -> float:
         """Wait until the node is Ready and kube-controller-manager has lifted its not-ready taint."""
