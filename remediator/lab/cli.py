@@ -54,6 +54,16 @@ def register(groups: Any) -> None:
         f"(lab default {defaults.node_lease_duration}s)",
     )
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the lab to be ready")
+    up.add_argument(
+        "--no-controller",
+        action="store_true",
+        help="do not run the remediation controller (and so no NodeHealthCheck either)",
+    )
+    up.add_argument(
+        "--no-health-check",
+        action="store_true",
+        help="do not install the lab's default NodeHealthCheck (Fences only when you create them)",
+    )
 
     add("down", cmd_down, "stop everything the lab started")
     status = add("status", cmd_status, "what runs, and the state of every node")
@@ -109,7 +119,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not client.is_running(paths):
         binaries.ensure_binaries(lambda line: progress(line, keep=line.startswith("built")))
     try:
-        status = client.start(paths, args.hosts, timers, lambda line: progress(line, keep=True), args.timeout)
+        status = client.start(
+            paths,
+            args.hosts,
+            timers,
+            lambda line: progress(line, keep=True),
+            args.timeout,
+            controller=not args.no_controller,
+            health_check=not args.no_health_check,
+        )
     finally:
         progress.done()
     if status.get("reused"):

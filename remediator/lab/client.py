@@ -65,6 +65,9 @@ def start(
     timers: LabTimers,
     progress: Progress | None = None,
     timeout: float = 300.0,
+    *,
+    controller: bool = True,
+    health_check: bool = True,
 ) -> dict[str, Any]:
     """Start a lab in the background and wait until it is ready. Returns its status.
 
@@ -84,6 +87,10 @@ def start(
         f"--hosts={host_count}",
         f"--timers={json.dumps(asdict(timers))}",
     ]
+    if not controller:
+        argv.append("--no-controller")
+    if not health_check:
+        argv.append("--no-health-check")
     with paths.daemon_log.open("ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -70,10 +70,7 @@ def wait_until(
     deadline = started + timeout
     while True:
         if proc is not None and not proc.alive():
-            tail = " | ".join(line[:240] for line in proc.log_tail(2).splitlines())
-            raise LabError(
-                step, f"{proc.name} exited with code {proc.returncode}: {tail}", str(proc.log_path)
-            )
+            raise LabError(step, proc.exit_summary(), str(proc.log_path))
         if check():
             return time.monotonic() - started
         if time.monotonic() >= deadline:

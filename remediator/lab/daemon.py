@@ -31,12 +31,14 @@ from remediator.errors import ConfigError, LabError, RemediatorError
 from remediator.lab import binaries as binaries_mod
 from remediator.lab import state
 from remediator.lab.bmcs import LabBmcs
-from remediator.lab.controlplane import ControlPlane
+from remediator.lab.controller import install_lab_health_check, wait_for_leader
+from remediator.lab.controlplane import ControlPlane, free_ports
 from remediator.lab.hardware import Hardware
 from remediator.lab.hosts import FAILURE_MODES, HostFleet, HostService, LabHost
-from remediator.lab.procs import Supervisor, become_subreaper
+from remediator.lab.procs import ManagedProcess, Supervisor, become_subreaper
 from remediator.lab.state import LabPaths
 from remediator.lab.timers import LabTimers
+from remediator.nodefencing import CONTROLLER_NAMESPACE_DEFAULT
 
 log = logging.getLogger("remediator.lab.daemon")
 
@@ -87,9 +89,20 @@ class _ControlServer(socketserver.ThreadingUnixStreamServer):
 class LabDaemon:
     """Starts the lab, then serves commands until told to stop."""
 
-    def __init__(self, paths: LabPaths, host_count: int, timers: LabTimers) -> None:
+    def __init__(
+        self,
+        paths: LabPaths,
+        host_count: int,
+        timers: LabTimers,
+        *,
+        controller: bool = True,
+        health_check: bool = True,
+    ) -> None:
         self.paths = paths
         self.host_count = host_count
+        self.run_controller = controller
+        self.install_health_check = health_check
+        self.controller_proc: ManagedProcess | None = None
         self.timers = timers
         self.supervisor = Supervisor()
         self.commands: queue.Queue[_Request] = queue.Queue()
@@ -98,6 +111,8 @@ class LabDaemon:
             "pid": os.getpid(),
             "stateDir": str(paths.root),
             "hostCount": host_count,
+            "controller": controller,
+            "healthCheck": health_check,
             "timers": timers.as_dict(),
             "steps": [],
             "startedAt": time.time(),
@@ -144,10 +159,19 @@ class LabDaemon:
         self._step("start etcd", cp.start_etcd)
         self._step("start kube-apiserver", cp.start_apiserver)
         api = kube.api_client(self.paths.kubeconfig)
-        core = client.CoreV1Api(api)
         self._step("start kube-controller-manager", cp.start_controller_manager)
         self._step("start kube-scheduler", cp.start_scheduler)
         self._step("apply CRDs", lambda: kube.apply_crds(api))
+        self._start_hosts(api, cp, hardware)
+        if self.run_controller:
+            self._step("start controller", lambda: self._start_controller(api))
+        if self.install_health_check:
+            self._step("install NodeHealthCheck", lambda: install_lab_health_check(api))
+        self._update(status=state.STATUS_READY, step="ready", readyAt=time.time(), hosts=self._hosts_json())
+
+    def _start_hosts(self, api: client.ApiClient, cp: ControlPlane, hardware: Hardware) -> None:
+        """Power the host domains on, start their BMCs, register the nodes and boot the hosts."""
+        core = client.CoreV1Api(api)
         fleet = HostFleet(self.paths, self.supervisor, cp, core, self.timers)
         self.fleet = fleet
         fleet.services.extend(self._host_services(hardware))
@@ -186,7 +210,25 @@ class LabDaemon:
                 fleet.wait_ready(host)
 
         self._step("hosts Ready", ready)
-        self._update(status=state.STATUS_READY, step="ready", readyAt=time.time(), hosts=self._hosts_json())
+
+    def _start_controller(self, api: client.ApiClient) -> None:
+        """The remediation controller, as `remediator run` with the lab's kubeconfig."""
+        self.controller_proc = self.supervisor.spawn(
+            "remediator-controller",
+            [
+                sys.executable,
+                "-m",
+                "remediator.cli",
+                "run",
+                f"--kubeconfig={self.paths.kubeconfig}",
+                f"--namespace={CONTROLLER_NAMESPACE_DEFAULT}",
+                "--identity=lab-controller",
+                f"--metrics-port={self.status['ports'].setdefault('metrics', free_ports(1)[0])}",
+            ],
+            self.paths.log("remediator-controller"),
+        )
+        self._update(ports=self.status["ports"])
+        wait_for_leader(api, CONTROLLER_NAMESPACE_DEFAULT, "lab-controller", self.controller_proc)
 
     def _host_services(self, hardware: Hardware) -> list[HostService]:
         """What every host runs besides its kubelet (booted and halted with the host's power)."""
@@ -342,9 +384,9 @@ class LabDaemon:
         self.commands.put(_Request({"command": "down"}, queue.Queue(maxsize=1)))
 
 
-def run(paths: LabPaths, host_count: int, timers: LabTimers) -> int:
+def run(paths: LabPaths, host_count: int, timers: LabTimers, *, controller: bool, health_check: bool) -> int:
     subreaper = become_subreaper()
-    daemon = LabDaemon(paths, host_count, timers)
+    daemon = LabDaemon(paths, host_count, timers, controller=controller, health_check=health_check)
     daemon.status["subreaper"] = subreaper
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -372,12 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--hosts", type=int, required=True)
     parser.add_argument("--timers", required=True, help="JSON object of LabTimers fields")
+    parser.add_argument("--no-controller", action="store_true")
+    parser.add_argument("--no-health-check", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     timers = LabTimers(**json.loads(args.timers))
-    return run(LabPaths(Path(args.state_dir)), args.hosts, timers)
+    return run(
+        LabPaths(Path(args.state_dir)),
+        args.hosts,
+        timers,
+        controller=not args.no_controller,
+        health_check=not args.no_health_check and not args.no_controller,
+    )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ class ManagedProcess:
         self.exited.wait(timeout)
         return self.returncode
 
+    def exit_summary(self) -> str:
+        """One line: how it exited and the last lines it logged (each cut short)."""
+        tail = " | ".join(line[:240] for line in self.log_tail(2).splitlines())
+        return f"{self.name} exited with code {self.returncode}: {tail}"
+
     def log_tail(self, lines: int = 5) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

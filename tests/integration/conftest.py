@@ -41,7 +41,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     root = Path(os.environ.get("REMEDIATOR_TEST_LAB_DIR") or tmp_path_factory.mktemp("lab"))
     paths = LabPaths(root)
     timers = LabTimers()
-    lab_client.start(paths, LAB_HOSTS, timers, timeout=300)
+    # Tests start their own controllers (and kill them); the shared lab runs none, and no policy.
+    lab_client.start(paths, LAB_HOSTS, timers, timeout=300, controller=False, health_check=False)
     try:
         api = kube.api_client(paths.kubeconfig)
         yield RunningLab(paths, api, timers)

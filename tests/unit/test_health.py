@@ -37,7 +37,7 @@ def node(name: str, ready: str = "True", since_s: float = 600, **labels: str) ->
 def policy(**kw: object) -> Policy:
     base: dict[str, object] = {"name": "p", "unhealthy_conditions": RULES, "min_healthy": Threshold(51, True)}
     base.update(kw)
-    return Policy(**base)  # type: ignore[arg-type]
+    return Policy(**base)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,432 @@
+"""The NodeHealthCheck controller: kopf glue around the pure policy in :mod:`remediator.health`.
+
+* Node events keep an in-memory index of :class:`~remediator.health.NodeView` (labels and condition
+  transitions only). An event that changes nothing the policy reads wakes nobody: at thousands of
+  nodes most events are heartbeats.
+* Fence events keep the outcome of every Fence a policy created, and wake that policy.
+* Lease events (only with ``--lease-fast-path``) record renew times without waking anyone: the
+  policy computes when a lease would go stale and wakes itself then.
+* One async kopf daemon per NodeHealthCheck evaluates the policy, creates Fences, posts Events,
+  updates metrics and status, then sleeps until the exact moment something can change (the
+  verdict's ``requeue_after``) or until an event wakes it -- no polling.
+
+Fences are created with the labels ``remediator.io/node`` and ``remediator.io/nodehealthcheck``;
+before creating one the controller lists the node's Fences, so a restart between creating a Fence and
+recording it in status adopts the Fence instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from remediator import health, kube, metrics
+from remediator.health import FenceOutcome, NodeView, Remediation
+
+log = logging.getLogger(__name__)
+
+GROUP = "remediator.io"
+VERSION = "v1alpha1"
+NHC_PLURAL = "nodehealthchecks"
+FENCE_PLURAL = "fences"
+NODE_LABEL = "remediator.io/node"
+POLICY_LABEL = "remediator.io/nodehealthcheck"
+SIGNALS_ANNOTATION = "remediator.io/signals"
+UNHEALTHY_SINCE_ANNOTATION = "remediator.io/unhealthy-since"
+#: A full re-evaluation at least this often, whatever happens (a safety net, not the mechanism).
+RESYNC_SECONDS = 300.0
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _fmt(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def node_view(body: Any, lease_renewed_at: datetime | None = None) -> NodeView:
+    """The policy's view of a Node object (a dict or kopf Body)."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    conditions: dict[str, tuple[str, datetime]] = {}
+    for condition in status.get("conditions") or []:
+        changed = _time(condition.get("lastTransitionTime"))
+        if condition.get("type") and changed is not None:
+            conditions[str(condition["type"])] = (str(condition.get("status")), changed)
+    return NodeView(
+        name=str(meta.get("name")),
+        labels=dict(meta.get("labels") or {}),
+        conditions=conditions,
+        lease_renewed_at=lease_renewed_at,
+    )
+
+
+def fence_outcome(body: Any) -> FenceOutcome:
+    phase = (body.get("status") or {}).get("phase")
+    if phase == "Succeeded":
+        return FenceOutcome.SUCCEEDED
+    if phase == "Failed":
+        return FenceOutcome.FAILED
+    return FenceOutcome.ACTIVE
+
+
+@dataclass
+class HealthState:
+    """What the NodeHealthCheck handlers share (kept in kopf's memo as ``memo.health``)."""
+
+    api: Any
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    leases: dict[str, datetime] = field(default_factory=dict)
+    #: fence name -> (policy, node, outcome)
+    fences: dict[str, tuple[str, str, FenceOutcome]] = field(default_factory=dict)
+    #: policy name -> (creation time, selector) for overlap detection
+    policies: dict[str, tuple[datetime, health.LabelSelector]] = field(default_factory=dict)
+    wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def wake_all(self) -> None:
+        for waker in self.wakers.values():
+            waker.set()
+
+    def wake(self, policy: str) -> None:
+        waker = self.wakers.get(policy)
+        if waker is not None:
+            waker.set()
+
+
+def _state(memo: Any) -> HealthState:
+    state: HealthState = memo.health
+    return state
+
+
+# --- watches ------------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, *, lease_fast_path: bool) -> None:
+    """Add the NodeHealthCheck handlers to ``registry`` (leases only when the fast path is wanted)."""
+    kopf.on.event("", "v1", "nodes", id="nhc-nodes", registry=registry)(on_node_event)
+    kopf.on.event(GROUP, VERSION, FENCE_PLURAL, id="nhc-fences", registry=registry)(on_fence_event)
+    kopf.on.event(GROUP, VERSION, NHC_PLURAL, id="nhc-policy-changed", registry=registry)(on_policy_event)
+    kopf.daemon(
+        GROUP, VERSION, NHC_PLURAL, id="nodehealthcheck", cancellation_timeout=5.0, registry=registry
+    )(policy_daemon)
+    if lease_fast_path:
+        kopf.on.event(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            id="nhc-leases",
+            registry=registry,
+            when=lambda namespace, **_: namespace == "kube-node-lease",
+        )(on_lease_event)
+
+
+async def on_node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    body = event["object"]
+    name = str((body.get("metadata") or {}).get("name"))
+    if event["type"] == "DELETED":
+        if state.nodes.pop(name, None) is not None:
+            state.wake_all()
+        return
+    view = node_view(body, state.leases.get(name))
+    if state.nodes.get(name) != view:
+        state.nodes[name] = view
+        state.wake_all()
+
+
+async def on_lease_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    body = event["object"]
+    name = str((body.get("metadata") or {}).get("name"))
+    renewed = _time((body.get("spec") or {}).get("renewTime"))
+    if renewed is None or event["type"] == "DELETED":
+        return
+    first = name not in state.leases
+    state.leases[name] = renewed
+    node = state.nodes.get(name)
+    if node is not None:
+        # Policies compute when this lease goes stale and wake themselves; only a first sighting wakes.
+        state.nodes[name] = replace(node, lease_renewed_at=renewed)
+        if first:
+            state.wake_all()
+
+
+async def on_fence_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    body = event["object"]
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    policy = labels.get(POLICY_LABEL)
+    if not policy:
+        return
+    name = str(meta.get("name"))
+    if event["type"] == "DELETED":
+        state.fences.pop(name, None)
+        state.wake(policy)
+        return
+    outcome = fence_outcome(body)
+    previous = state.fences.get(name)
+    state.fences[name] = (policy, str(labels.get(NODE_LABEL, "")), outcome)
+    _observe_verified(body, policy)
+    if previous is None or previous[2] != outcome:
+        state.wake(policy)
+
+
+_VERIFIED_SEEN: set[str] = set()
+
+
+def _observe_verified(body: Any, policy: str) -> None:
+    """Once per Fence: the time from the node turning unhealthy to the Fence being verified."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name"))
+    if name in _VERIFIED_SEEN:
+        return
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "FenceVerified" and condition.get("status") == "True":
+            since = _time((meta.get("annotations") or {}).get(UNHEALTHY_SINCE_ANNOTATION))
+            verified = _time(condition.get("lastTransitionTime"))
+            if since is not None and verified is not None:
+                metrics.UNHEALTHY_TO_VERIFIED.labels(policy).observe((verified - since).total_seconds())
+            _VERIFIED_SEEN.add(name)
+
+
+async def on_policy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    state = _state(memo)
+    body = event["object"]
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name"))
+    if event["type"] == "DELETED":
+        state.policies.pop(name, None)
+    else:
+        created = _time(meta.get("creationTimestamp")) or datetime.now(UTC)
+        selector = health._parse_selector((body.get("spec") or {}).get("selector"))
+        state.policies[name] = (created, selector)
+    state.wake_all()
+
+
+# --- the per-policy daemon ----------------------------------------------------------------------
+
+
+async def policy_daemon(
+    name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+) -> None:
+    state = _state(memo)
+    waker = state.wakers.setdefault(name, asyncio.Event())
+    memory = health.memory_from_status(dict(body.get("status") or {}))
+    last_status: dict[str, Any] | None = None
+    try:
+        while not stopped:
+            waker.clear()
+            started = time.monotonic()
+            memory, status, requeue = await _evaluate_once(state, name, body, memory)
+            if status != last_status:
+                await asyncio.to_thread(_patch_status, state.api, name, status)
+                last_status = status
+            log.debug("policy %s evaluated in %.1f ms", name, (time.monotonic() - started) * 1000)
+            timeout = RESYNC_SECONDS if requeue is None else min(requeue, RESYNC_SECONDS)
+            await _sleep_until_woken(waker, stopped, timeout)
+    finally:
+        state.wakers.pop(name, None)
+
+
+async def _sleep_until_woken(waker: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
+    wake_task = asyncio.ensure_future(waker.wait())
+    stop_task = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({wake_task, stop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (wake_task, stop_task):
+            task.cancel()
+
+
+async def _evaluate_once(
+    state: HealthState, name: str, body: kopf.Body, memory: health.Memory
+) -> tuple[health.Memory, dict[str, Any], float | None]:
+    now = datetime.now(UTC)
+    generation = (body.get("metadata") or {}).get("generation")
+    try:
+        policy = health.parse_policy(name, dict(body.get("spec") or {}))
+    except (ValueError, KeyError, TypeError) as exc:
+        status = _status_base(generation, now)
+        status["conditions"] = [_condition("Disabled", "True", "InvalidPolicy", str(exc), generation, now)]
+        return memory, status, None
+    selected = [n for n in state.nodes.values() if policy.selector.matches(n.labels)]
+    owned_elsewhere = _owned_elsewhere(state, name, selected)
+    outcomes = {fence: outcome for fence, (pol, _, outcome) in state.fences.items() if pol == name}
+    verdict = health.evaluate(
+        policy, selected, memory, now, owned_elsewhere=owned_elsewhere, fence_outcomes=outcomes
+    )
+    memory = verdict.memory
+    if verdict.storm_started:
+        kopf.warn(body, reason="StormActive", message=f"{verdict.blocked}; no new remediation")
+    if verdict.storm_ended:
+        kopf.info(body, reason="StormEnded", message=f"{verdict.healthy} of {verdict.observed} nodes healthy")
+    for rem in verdict.escalated:
+        metrics.REMEDIATIONS.labels(name, "failed").inc()
+        kopf.warn(
+            body,
+            reason="RemediationEscalated",
+            message=f"Fence {rem.fence} for node {rem.node} failed or is stuck past "
+            f"{policy.escalation_timeout.total_seconds():g}s; the node needs an operator",
+        )
+    for rem in verdict.finished:
+        if rem.outcome is FenceOutcome.SUCCEEDED:
+            metrics.REMEDIATIONS.labels(name, "succeeded").inc()
+        kopf.info(
+            body, reason="RemediationFinished", message=f"node {rem.node} is healthy (Fence {rem.fence})"
+        )
+    unhealthy_since = {v.node: v.unhealthy_since for v in verdict.nodes if v.unhealthy_since}
+    created: dict[str, str] = {}
+    for create in verdict.create:
+        if state.dry_run:
+            kopf.info(
+                body, reason="WouldFence", message=f"dry run: would fence {create.node}: {create.reason}"
+            )
+            continue
+        fence = await asyncio.to_thread(
+            _create_or_adopt_fence, state.api, name, body, create, unhealthy_since.get(create.node) or now
+        )
+        created[create.node] = fence
+        memory = replace(
+            memory,
+            remediations={**memory.remediations, create.node: Remediation(create.node, fence, now)},
+        )
+        state.fences.setdefault(fence, (name, create.node, FenceOutcome.ACTIVE))
+        metrics.REMEDIATIONS.labels(name, "started").inc()
+        kopf.info(body, reason="FenceCreated", message=f"node {create.node}: Fence {fence} ({create.reason})")
+    metrics.UNHEALTHY_NODES.labels(name).set(verdict.unhealthy)
+    metrics.STORM_ACTIVE.labels(name).set(1 if memory.storm_active else 0)
+
+    status = _status_base(generation, now)
+    status.update(health.memory_to_status(memory))
+    status.update(
+        observedNodes=verdict.observed,
+        healthyNodes=verdict.healthy,
+        unhealthyNodes=verdict.unhealthy,
+        unhealthy=[
+            {
+                "node": v.node,
+                "since": _fmt(v.unhealthy_since) if v.unhealthy_since else None,
+                "signals": list(v.signals),
+                "fence": memory.remediations[v.node].fence if v.node in memory.remediations else None,
+            }
+            for v in verdict.nodes
+            if v.state is health.NodeState.UNHEALTHY
+        ],
+    )
+    storm = memory.storm_active
+    blocked = verdict.blocked or ""
+    status["conditions"] = [
+        _condition(
+            "StormActive",
+            "True" if storm else "False",
+            "TooManyUnhealthy" if storm else "WithinLimits",
+            blocked if storm else f"{verdict.healthy} of {verdict.observed} nodes healthy",
+            generation,
+            now,
+        ),
+        _condition(
+            "Disabled",
+            "True" if policy.pause else "False",
+            "Paused" if policy.pause else "Enabled",
+            blocked if policy.pause else "remediating unhealthy nodes",
+            generation,
+            now,
+        ),
+    ]
+    if owned_elsewhere:
+        status["overlapping"] = sorted(owned_elsewhere)
+    return memory, status, verdict.requeue_after
+
+
+def _owned_elsewhere(state: HealthState, name: str, nodes: list[NodeView]) -> frozenset[str]:
+    """Nodes this policy selects that an older overlapping policy owns."""
+    if len(state.policies) < 2:
+        return frozenset()
+    policies = [(pol, created, selector) for pol, (created, selector) in state.policies.items()]
+    return frozenset(
+        n.name for n in nodes if health.owner_of_overlaps(policies, n.labels) not in (None, name)
+    )
+
+
+def _status_base(generation: Any, now: datetime) -> dict[str, Any]:
+    return {"observedGeneration": generation, "lastEvaluated": _fmt(now.replace(microsecond=0))}
+
+
+def _condition(
+    kind: str, status: str, reason: str, message: str, generation: Any, now: datetime
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _fmt(now.replace(microsecond=0)),
+        "observedGeneration": generation,
+    }
+
+
+def _patch_status(api: Any, name: str, status: dict[str, Any]) -> None:
+    custom = client.CustomObjectsApi(api)
+    current: Any = custom.get_cluster_custom_object(GROUP, VERSION, NHC_PLURAL, name)
+    # Keep lastTransitionTime of conditions whose status did not change, and skip timestamps-only
+    # rewrites (lastEvaluated) when nothing else changed.
+    old_conditions = {c["type"]: c for c in (current.get("status") or {}).get("conditions") or []}
+    for condition in status.get("conditions", []):
+        old = old_conditions.get(condition["type"])
+        if old is not None and old.get("status") == condition["status"]:
+            condition["lastTransitionTime"] = old["lastTransitionTime"]
+    try:
+        custom.patch_cluster_custom_object_status(GROUP, VERSION, NHC_PLURAL, name, {"status": status})
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile
+            raise
+
+
+def _create_or_adopt_fence(
+    api: Any, policy: str, body: Any, create: health.CreateFence, unhealthy_since: datetime
+) -> str:
+    """Create the node's Fence, or return the name of one that is already active for it."""
+    custom = client.CustomObjectsApi(api)
+    existing: Any = custom.list_cluster_custom_object(
+        GROUP, VERSION, FENCE_PLURAL, label_selector=f"{NODE_LABEL}={create.node}"
+    )
+    for item in existing.get("items", []):
+        if fence_outcome(item) is FenceOutcome.ACTIVE:
+            return str(item["metadata"]["name"])
+    template = (body.get("spec") or {}).get("fenceTemplate") or {}
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Fence",
+        "metadata": {
+            "generateName": f"{create.node}-",
+            "labels": {NODE_LABEL: create.node, POLICY_LABEL: policy},
+            "annotations": {
+                SIGNALS_ANNOTATION: json.dumps(list(create.signals)),
+                UNHEALTHY_SINCE_ANNOTATION: _fmt(unhealthy_since),
+            },
+        },
+        "spec": {
+            "nodeName": create.node,
+            "action": template.get("action", "Off"),
+            "afterFence": template.get("afterFence", "PowerOn"),
+            "reason": create.reason[:1000],
+        },
+    }
+    created: Any = custom.create_cluster_custom_object(GROUP, VERSION, FENCE_PLURAL, kube.body(manifest))
+    return str(created["metadata"]["name"])
