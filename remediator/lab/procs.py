@@ -11,7 +11,9 @@ host, and in later steps libvirtd, BMC emulators and controllers). This module o
 * stopping is SIGTERM, a deadline, then SIGKILL, and always waits for the exit.
 
 Children must be spawned from one long-lived thread (the daemon's main loop): the kernel sends the
-parent-death signal when the *thread* that forked a child exits.
+parent-death signal when the *thread* that forked a child exits. The reaper collects *every* child of
+the process, so a plain ``subprocess.run`` inside a process with a Supervisor sees no exit status
+(ECHILD, reported as 0): start anything whose exit status matters through :meth:`Supervisor.spawn`.
 """
 
 from __future__ import annotations
