@@ -355,3 +355,16 @@ def post_event(
         "count": 1,
     }
     client.CoreV1Api(api).create_namespaced_event(namespace, body(event))
+
+
+def node_lease_renew_time(api: client.ApiClient, name: str) -> Any:
+    """When the node's kubelet last renewed its Lease (kube-node-lease/NAME), a datetime or None."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        lease = client.CoordinationV1Api(api).read_namespaced_lease(name, "kube-node-lease")
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return lease.spec.renew_time if lease.spec else None
