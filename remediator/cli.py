@@ -1,7 +1,8 @@
 """The ``remediator`` command.
 
-Each command group lives beside the code it drives and registers itself here: ``lab`` in
-``remediator.lab.cli``, ``bmc`` in ``remediator.fencing.cli``. This module only builds the parser,
+Each command group lives beside the code it drives and registers itself here: ``run`` and
+``fence`` in ``remediator.controller_cli``, ``lab`` in ``remediator.lab.cli``, ``bmc`` in
+``remediator.fencing.cli``. This module only builds the parser,
 runs the chosen command and turns project errors into one clear line and a non-zero exit.
 """
 
@@ -28,15 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
+    from remediator import controller_cli
+    from remediator.fencing import cli as bmc_cli
     from remediator.lab import cli as lab_cli
 
+    controller_cli.register(groups)
     lab_cli.register(groups)
-    try:
-        from remediator.fencing import cli as bmc_cli
-    except ImportError:  # pragma: no cover - the fencing CLI is optional while it is being built
-        pass
-    else:
-        bmc_cli.register(groups)
+    bmc_cli.register(groups)
     return parser
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import subprocess
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -23,7 +24,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-def _host(lab: RunningLab, name: str) -> dict:
+def _host(lab: RunningLab, name: str) -> dict[str, Any]:
     hosts = lab_client.request(lab.paths, {"command": "status"})["lab"]["hosts"]
     return next(h for h in hosts if h["name"] == name)
 
