@@ -273,13 +273,23 @@ async def _evaluate_once(
     )
     memory = verdict.memory
     if verdict.storm_started:
-        kopf.warn(body, reason="StormActive", message=f"{verdict.blocked}; no new remediation")
+        await _event(
+            state, body, "Warning", reason="StormActive", message=f"{verdict.blocked}; no new remediation"
+        )
     if verdict.storm_ended:
-        kopf.info(body, reason="StormEnded", message=f"{verdict.healthy} of {verdict.observed} nodes healthy")
+        await _event(
+            state,
+            body,
+            "Normal",
+            reason="StormEnded",
+            message=f"{verdict.healthy} of {verdict.observed} nodes healthy",
+        )
     for rem in verdict.escalated:
         metrics.REMEDIATIONS.labels(name, "failed").inc()
-        kopf.warn(
+        await _event(
+            state,
             body,
+            "Warning",
             reason="RemediationEscalated",
             message=f"Fence {rem.fence} for node {rem.node} failed or is stuck past "
             f"{policy.escalation_timeout.total_seconds():g}s; the node needs an operator",
@@ -287,15 +297,23 @@ async def _evaluate_once(
     for rem in verdict.finished:
         if rem.outcome is FenceOutcome.SUCCEEDED:
             metrics.REMEDIATIONS.labels(name, "succeeded").inc()
-        kopf.info(
-            body, reason="RemediationFinished", message=f"node {rem.node} is healthy (Fence {rem.fence})"
+        await _event(
+            state,
+            body,
+            "Normal",
+            reason="RemediationFinished",
+            message=f"node {rem.node} is healthy (Fence {rem.fence})",
         )
     unhealthy_since = {v.node: v.unhealthy_since for v in verdict.nodes if v.unhealthy_since}
     created: dict[str, str] = {}
     for create in verdict.create:
         if state.dry_run:
-            kopf.info(
-                body, reason="WouldFence", message=f"dry run: would fence {create.node}: {create.reason}"
+            await _event(
+                state,
+                body,
+                "Normal",
+                reason="WouldFence",
+                message=f"dry run: would fence {create.node}: {create.reason}",
             )
             continue
         fence = await asyncio.to_thread(
@@ -308,7 +326,13 @@ async def _evaluate_once(
         )
         state.fences.setdefault(fence, (name, create.node, FenceOutcome.ACTIVE))
         metrics.REMEDIATIONS.labels(name, "started").inc()
-        kopf.info(body, reason="FenceCreated", message=f"node {create.node}: Fence {fence} ({create.reason})")
+        await _event(
+            state,
+            body,
+            "Normal",
+            reason="FenceCreated",
+            message=f"node {create.node}: Fence {fence} ({create.reason})",
+        )
     metrics.UNHEALTHY_NODES.labels(name).set(verdict.unhealthy)
     metrics.STORM_ACTIVE.labels(name).set(1 if memory.storm_active else 0)
 
@@ -362,6 +386,21 @@ def _owned_elsewhere(state: HealthState, name: str, nodes: list[NodeView]) -> fr
     return frozenset(
         n.name for n in nodes if health.owner_of_overlaps(policies, n.labels) not in (None, name)
     )
+
+
+async def _event(state: HealthState, body: Any, event_type: str, *, reason: str, message: str) -> None:
+    """A core/v1 Event about the NodeHealthCheck (kopf's own event posting is off in this operator)."""
+    meta = body.get("metadata") or {}
+    involved = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "NodeHealthCheck",
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+    }
+    try:
+        await asyncio.to_thread(kube.post_event, state.api, involved, event_type, reason, message)
+    except ApiException as exc:
+        log.warning("could not post event %s: %s", reason, kube.api_error_message(exc))
 
 
 def _status_base(generation: Any, now: datetime) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from remediator import fence_controller as fc
 from remediator.lab.bmc import IpmiBmc, ScriptedRedfishBmc
 from tests.integration.conftest import RunningLab
-from tests.integration.fence.conftest import (
+from tests.integration.controller.conftest import (
     IPMI_UUID,
     PASSWORD,
     SECRET,

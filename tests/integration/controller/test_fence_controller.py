@@ -17,7 +17,7 @@ from kubernetes import client, watch
 from remediator import fence_controller as fc
 from remediator.lab.bmc import ScriptedRedfishBmc, SushyEmulator
 from tests.integration.conftest import RunningLab
-from tests.integration.fence.conftest import (
+from tests.integration.controller.conftest import (
     REPO,
     TEST_DOMAIN_UUID,
     Controller,

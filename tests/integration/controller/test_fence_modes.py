@@ -9,7 +9,7 @@ from kubernetes import client
 
 from remediator.lab.bmc import IpmiBmc, SushyEmulator
 from tests.integration.conftest import RunningLab
-from tests.integration.fence.conftest import (
+from tests.integration.controller.conftest import (
     IPMI_UUID,
     PASSWORD,
     TEST_DOMAIN_UUID,

@@ -7,7 +7,7 @@ import pytest
 
 from remediator.lab.bmc import ScriptedRedfishBmc
 from tests.integration.conftest import RunningLab
-from tests.integration.fence.conftest import (
+from tests.integration.controller.conftest import (
     Controller,
     HostAgent,
     MakeNode,
