@@ -123,7 +123,8 @@ def test_policy_validation_is_enforced_by_the_crd(policies: Policies) -> None:
 
 def test_kubelet_hang_is_fenced_after_the_duration_and_recovers(lab: RunningLab, policies: Policies) -> None:
     host = "lab-host-1"
-    name = policies.create(duration="2s")
+    # healthyDelay keeps the finished remediation in the policy's status long enough to look at.
+    name = policies.create(duration="2s", healthyDelay="60s")
     wait_for(lambda: policies.status(name).get("observedNodes") == 3, 20, "the policy to observe 3 nodes")
     _fail(lab, host, "kubelet-hang")
     try:
