@@ -59,11 +59,11 @@ class Policies:
     def condition(self, name: str, kind: str) -> dict[str, Any] | None:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == kind), None)
 
-    def fences(self, node: str) -> list[dict[str, Any]]:
-        items = self.custom.list_cluster_custom_object(
-            GROUP, VERSION, "fences", label_selector=f"remediator.io/node={node}"
-        )["items"]
-        return list(items)
+    def fences(self, node: str, policy: str) -> list[dict[str, Any]]:
+        """The Fences ``policy`` created for ``node`` (earlier tests leave theirs behind)."""
+        selector = f"remediator.io/node={node},remediator.io/nodehealthcheck={policy}"
+        items: Any = self.custom.list_cluster_custom_object(GROUP, VERSION, "fences", label_selector=selector)
+        return list(items["items"])
 
     def delete_all(self) -> None:
         for name in self.names:
@@ -128,7 +128,7 @@ def test_kubelet_hang_is_fenced_after_the_duration_and_recovers(lab: RunningLab,
     wait_for(lambda: policies.status(name).get("observedNodes") == 3, 20, "the policy to observe 3 nodes")
     _fail(lab, host, "kubelet-hang")
     try:
-        fence = wait_for(lambda: (f := policies.fences(host)) and f[0], 60, f"a Fence for {host}")
+        fence = wait_for(lambda: (f := policies.fences(host, name)) and f[0], 60, f"a Fence for {host}")
         node = lab.core.read_node(host)
         unknown_since = next(c for c in node.status.conditions if c.type == "Ready").last_transition_time
         created = _time(fence["metadata"]["creationTimestamp"])
@@ -158,12 +158,11 @@ def test_power_loss_is_confirmed_off_and_released_without_a_power_command(
     lab: RunningLab, policies: Policies
 ) -> None:
     host = "lab-host-2"
-    policies.create(duration="1s")
+    policy = policies.create(duration="1s")
     _fail(lab, host, "power-loss")
     try:
-        fence = wait_for(lambda: (f := policies.fences(host)) and f[0], 60, f"a Fence for {host}")
-        name = fence["metadata"]["name"]
-        done = wait_for(lambda: _finished(policies, name), 90, "the Fence to finish")
+        fence = wait_for(lambda: (f := policies.fences(host, policy)) and f[0], 60, f"a Fence for {host}")
+        done = wait_for(lambda: _finished(policies, fence["metadata"]["name"]), 90, "the Fence to finish")
         assert done["status"]["phase"] == "Succeeded"
         off = next(a for a in done["status"]["attempts"] if a["operation"] == "PowerOff")
         # The BMC already reported the host off: nothing was sent, the state was still read back.
@@ -189,7 +188,7 @@ def test_storm_holds_back_remediation_and_is_reported(lab: RunningLab, policies:
         assert "2 of 3 nodes unhealthy" in storm["message"]
         # Both nodes stay unhealthy past the duration and no Fence appears for either.
         wait_for(lambda: policies.status(name).get("unhealthyNodes") == 2, 30, "2 unhealthy nodes")
-        assert policies.fences("lab-host-2") == [] and policies.fences("lab-host-3") == []
+        assert policies.fences("lab-host-2", name) == [] and policies.fences("lab-host-3", name) == []
         assert any(e.startswith("StormActive:") for e in _events(lab, name))
     finally:
         _heal_and_wait(lab, *hosts)
@@ -198,7 +197,7 @@ def test_storm_holds_back_remediation_and_is_reported(lab: RunningLab, policies:
         30,
         "the storm to end",
     )
-    assert policies.fences("lab-host-2") == [] and policies.fences("lab-host-3") == []
+    assert policies.fences("lab-host-2", name) == [] and policies.fences("lab-host-3", name) == []
 
 
 def _unknown_for(lab: RunningLab, host: str, seconds: float) -> bool:
@@ -223,7 +222,7 @@ def test_flapping_node_is_not_fenced(lab: RunningLab, policies: Policies) -> Non
         _fail(lab, host, "kubelet-hang")
         wait_for(lambda: _unknown_for(lab, host, 3.5), 40, f"{host} Unknown for 3.5 s")
         _heal_and_wait(lab, host)
-    assert policies.fences(host) == []
+    assert policies.fences(host, name) == []
     assert policies.status(name).get("remediations") == []
 
 
@@ -234,13 +233,13 @@ def test_paused_policy_waits_and_acts_once_unpaused(lab: RunningLab, policies: P
     try:
         wait_for(lambda: _unknown_for(lab, host, 3.0), 40, f"{host} Unknown for 3 s")
         wait_for(lambda: policies.status(name).get("unhealthyNodes") == 1, 20, "the policy to see it")
-        assert policies.fences(host) == []
+        assert policies.fences(host, name) == []
         disabled = policies.condition(name, "Disabled")
         assert disabled is not None and disabled["status"] == "True" and disabled["reason"] == "Paused"
         policies.custom.patch_cluster_custom_object(
             GROUP, VERSION, "nodehealthchecks", name, {"spec": {"pause": False}}
         )
-        fence = wait_for(lambda: (f := policies.fences(host)) and f[0], 20, "a Fence once unpaused")
+        fence = wait_for(lambda: (f := policies.fences(host, name)) and f[0], 20, "a Fence once unpaused")
         done = wait_for(lambda: _finished(policies, fence["metadata"]["name"]), 90, "the Fence to finish")
         assert done["status"]["phase"] == "Succeeded"
     finally:
