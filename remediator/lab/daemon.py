@@ -38,6 +38,7 @@ from remediator.lab.hosts import FAILURE_MODES, HostFleet, HostService, LabHost
 from remediator.lab.procs import ManagedProcess, Supervisor, become_subreaper
 from remediator.lab.state import LabPaths
 from remediator.lab.timers import LabTimers
+from remediator.lab.vmhosts import VmHostService
 from remediator.nodefencing import CONTROLLER_NAMESPACE_DEFAULT
 
 log = logging.getLogger("remediator.lab.daemon")
@@ -232,7 +233,7 @@ class LabDaemon:
 
     def _host_services(self, hardware: Hardware) -> list[HostService]:
         """What every host runs besides its kubelet (booted and halted with the host's power)."""
-        return []
+        return [VmHostService(self.supervisor, self.paths, hardware)]
 
     def _find_binaries(self) -> dict[str, Any]:
         found: dict[str, Any] = {}
