@@ -1,5 +1,6 @@
 """Finding and building the pinned upstream binaries: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok.
+kube-scheduler and kwok for the lab; kubectl, kustomize and helm for the deploy checks (optional,
+built on demand by ``ensure_deploy_tools``).
 
 The versions are pinned by the Go modules under ``tools/`` (their go.mod and go.sum are the single
 source of truth). A binary is taken, in this order, from ``$KUBEBUILDER_ASSETS``, from ``PATH``, or
@@ -39,6 +40,9 @@ class GoTool:
     required_module: str  # the upstream module whose version is pinned
     packages: dict[str, str]  # binary name -> Go package path
     version_pattern: str  # regex matched against `<binary> --version`; group 1 is the version
+    version_args: tuple[str, ...] = ("--version",)  # how the binary is asked for its version
+    cache_name: str = ""  # name of the versioned cache dir; module_dir when empty
+    version_ldflag: str = ""  # a Go variable stamped with the pinned version (-X), if the binary has one
 
     @property
     def go_mod(self) -> Path:
@@ -66,6 +70,8 @@ class GoTool:
                     f"-X {pkg}.gitTreeState=clean",
                     f"-X {pkg}.buildDate={build_date}",
                 ]
+        if self.version_ldflag:
+            flags.append(f"-X {self.version_ldflag}={self.version()}")
         return " ".join(flags)
 
 
@@ -88,6 +94,35 @@ KWOK = GoTool(
 
 ALL_TOOLS = (ETCD, KUBE, KWOK)
 
+# The deploy checks' tools: not needed by the lab, built only when asked for (ensure_deploy_tools).
+# kubectl shares tools/kube (same k8s.io/kubernetes pin) but has its own cache dir, so that building
+# it never replaces the control-plane binaries.
+KUBECTL = GoTool(
+    "kube",
+    "k8s.io/kubernetes",
+    {"kubectl": "k8s.io/kubernetes/cmd/kubectl"},
+    r"Client Version: (v[0-9][^\s]*)",
+    version_args=("version", "--client"),
+    cache_name="kubectl",
+)
+KUSTOMIZE = GoTool(
+    "kustomize",
+    "sigs.k8s.io/kustomize/kustomize/v5",
+    {"kustomize": "sigs.k8s.io/kustomize/kustomize/v5"},
+    r"(v[0-9]+\.[0-9]+\.[0-9]+)",
+    version_args=("version",),
+)
+HELM = GoTool(
+    "helm",
+    "helm.sh/helm/v4",
+    {"helm": "helm.sh/helm/v4/cmd/helm"},
+    r"(v[0-9]+\.[0-9]+\.[0-9]+)",
+    version_args=("version", "--short"),
+    version_ldflag="helm.sh/helm/v4/internal/version.version",
+)
+
+DEPLOY_TOOLS = (KUBECTL, KUSTOMIZE, HELM)
+
 
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -95,13 +130,13 @@ def cache_root() -> Path:
 
 
 def _cache_dir(tool: GoTool) -> Path:
-    return cache_root() / f"{tool.module_dir}-{tool.version()}"
+    return cache_root() / f"{tool.cache_name or tool.module_dir}-{tool.version()}"
 
 
 def _reported_version(binary: Path, tool: GoTool) -> str | None:
     try:
         out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=20, check=False
+            [str(binary), *tool.version_args], capture_output=True, text=True, timeout=20, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -126,7 +161,7 @@ def _candidates(name: str, tool: GoTool) -> Iterable[Path]:
 
 def find_binary(name: str) -> Path | None:
     """The path of a binary of the pinned version, or None when it must be built."""
-    tool = next(t for t in ALL_TOOLS if name in t.packages)
+    tool = next(t for t in (*ALL_TOOLS, *DEPLOY_TOOLS) if name in t.packages)
     for candidate in _candidates(name, tool):
         if candidate.is_file() and os.access(candidate, os.X_OK) and _version_matches(candidate, tool):
             return candidate
@@ -135,8 +170,17 @@ def find_binary(name: str) -> Path | None:
 
 def ensure_binaries(progress: Progress | None = None) -> dict[str, Path]:
     """Every binary the lab needs, building what is missing. Returns name -> path."""
+    return _ensure(ALL_TOOLS, progress)
+
+
+def ensure_deploy_tools(progress: Progress | None = None) -> dict[str, Path]:
+    """kubectl, kustomize and helm for the deploy checks, building what is missing. Returns name -> path."""
+    return _ensure(DEPLOY_TOOLS, progress)
+
+
+def _ensure(tools: Iterable[GoTool], progress: Progress | None) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for tool in ALL_TOOLS:
+    for tool in tools:
         paths = {name: find_binary(name) for name in tool.packages}
         if any(p is None for p in paths.values()):
             build_tool(tool, progress)
@@ -169,8 +213,9 @@ def build_tool(tool: GoTool, progress: Progress | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     log_path = build_log_path()
     names = ", ".join(tool.packages)
+    label = tool.cache_name or tool.module_dir
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{tool.module_dir}-") as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{label}-") as tmp:
         argv = [go, "build", "-v", "-trimpath", "-ldflags", tool.ldflags(), "-o", tmp + "/"]
         argv += list(tool.packages.values())
         env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly")
@@ -198,7 +243,7 @@ def build_tool(tool: GoTool, progress: Progress | None = None) -> Path:
             rc = proc.wait()
         if rc != 0:
             raise BinaryBuildError(
-                f"build {tool.module_dir}", f"`go build` of {names} failed (exit {rc})", str(log_path)
+                f"build {label}", f"`go build` of {names} failed (exit {rc})", str(log_path)
             )
         staged = Path(tmp)
         for name in tool.packages:
@@ -214,13 +259,21 @@ def build_tool(tool: GoTool, progress: Progress | None = None) -> Path:
     return target
 
 
-def main() -> int:
-    """``python -m remediator.lab.binaries``: build (or find) every binary and print where they are."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m remediator.lab.binaries [--deploy-tools]``: build (or find) every binary of the lab
+    (with ``--deploy-tools``: also kubectl, kustomize and helm) and print where they are."""
     from remediator.progress import ProgressLine
 
+    args = sys.argv[1:] if argv is None else argv
     progress = ProgressLine()
+
+    def report(line: str) -> None:
+        progress(line, keep=line.startswith("built"))
+
     try:
-        paths = ensure_binaries(lambda line: progress(line, keep=line.startswith("built")))
+        paths = ensure_binaries(report)
+        if "--deploy-tools" in args:
+            paths.update(ensure_deploy_tools(report))
     except BinaryBuildError as exc:
         progress.done()
         print(f"remediator: error: {exc}", file=sys.stderr)

@@ -279,6 +279,10 @@ class SushyEmulator:
         _stop_process(self._proc)
         self._proc = None
 
+    @property
+    def stopped(self) -> bool:
+        return self._proc is None
+
     def __enter__(self) -> SushyEmulator:
         return self.start()
 

@@ -68,7 +68,7 @@ class LabBmcs:
         self.credentials_file.write_text(json.dumps({"username": self.username, "password": self.password}))
         self.ca_file.write_bytes(self.ca.cert_pem)
 
-    def start_redfish(self) -> None:
+    def _start_new_redfish(self) -> None:
         self.redfish = SushyEmulator(
             self.root / "redfish",
             username=self.username,
@@ -77,6 +77,21 @@ class LabBmcs:
             libvirt_uri=self.hardware_uri,
             supervisor=self.supervisor,
         ).start()
+
+    @property
+    def redfish_stopped(self) -> bool:
+        return self.redfish is not None and self.redfish.stopped
+
+    def stop_redfish(self) -> None:
+        """Take the Redfish endpoint away (connections are refused until ``start_redfish``)."""
+        if self.redfish is not None:
+            self.redfish.stop()
+
+    def start_redfish(self) -> None:
+        if self.redfish is not None:
+            self.redfish.start()
+            return
+        self._start_new_redfish()
 
     def start_ipmi(self, host: str, system_uuid: str) -> None:
         self.ipmi[host] = IpmiBmc(

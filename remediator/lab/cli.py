@@ -66,6 +66,9 @@ def register(groups: Any) -> None:
     )
 
     add("down", cmd_down, "stop everything the lab started")
+    from remediator.lab import scenario_cli
+
+    scenario_cli.register(add)
     status = add("status", cmd_status, "what runs, and the state of every node")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     add("kubeconfig", cmd_kubeconfig, "print the path of the lab's admin kubeconfig")

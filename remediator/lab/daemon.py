@@ -212,6 +212,21 @@ class LabDaemon:
 
         self._step("hosts Ready", ready)
 
+    def _controller_command(self, action: str) -> Reply:
+        """``kill``: SIGKILL the remediation controller (a crash); ``start``: start it again."""
+        if not self.run_controller:
+            raise ConfigError("this lab runs no controller (started with --no-controller)")
+        if action == "kill":
+            if self.controller_proc is not None:
+                self.supervisor.kill(self.controller_proc)
+            return {"ok": True, "message": "controller killed", "at": time.time()}
+        if action == "start":
+            if self.controller_proc is not None and self.controller_proc.alive():
+                return {"ok": True, "message": "controller already running", "at": time.time()}
+            self._start_controller(kube.api_client(self.paths.kubeconfig))
+            return {"ok": True, "message": "controller started", "at": time.time()}
+        raise ConfigError(f"unknown controller action {action!r} (kill, start)")
+
     def _start_controller(self, api: client.ApiClient) -> None:
         """The remediation controller, as `remediator run` with the lab's kubeconfig."""
         self.controller_proc = self.supervisor.spawn(
@@ -254,20 +269,26 @@ class LabDaemon:
     # --- commands -------------------------------------------------------------------------------
 
     def handle(self, body: dict[str, Any]) -> Reply:
-        command = body.get("command")
-        if command == "status":
-            return {"ok": True, "lab": self.status, "processes": self._processes()}
-        if command == "fail":
-            return self._fail(str(body.get("host")), str(body.get("mode")))
-        if command == "heal":
-            return self._heal(str(body.get("host")))
-        if command == POWER_EVENT:
-            self._power_changed(str(body.get("host")), bool(body.get("on")))
-            return {"ok": True}
-        if command == "down":
-            self._stopping = True
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown command {command!r}"}
+        handlers: dict[str, Callable[[], Reply]] = {
+            "status": lambda: {"ok": True, "lab": self.status, "processes": self._processes()},
+            "fail": lambda: self._fail(str(body.get("host")), str(body.get("mode"))),
+            "heal": lambda: self._heal(str(body.get("host"))),
+            "controller": lambda: self._controller_command(str(body.get("action"))),
+            POWER_EVENT: lambda: self._power_event(body),
+            "down": self._request_down,
+        }
+        handler = handlers.get(str(body.get("command")))
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {body.get('command')!r}"}
+        return handler()
+
+    def _power_event(self, body: dict[str, Any]) -> Reply:
+        self._power_changed(str(body.get("host")), bool(body.get("on")))
+        return {"ok": True}
+
+    def _request_down(self) -> Reply:
+        self._stopping = True
+        return {"ok": True}
 
     def _processes(self) -> list[dict[str, Any]]:
         return [
@@ -291,11 +312,23 @@ class LabDaemon:
             return {"ok": True, "message": f"{name} has already failed ({host.failure})", "changed": False}
         if not host.powered:
             return {"ok": True, "message": f"{name} is powered off already", "changed": False}
-        assert self.fleet is not None and self.hardware is not None
+        assert self.fleet is not None and self.hardware is not None and self.bmcs is not None
         at = time.time()
         if mode == "kubelet-hang":
             self.fleet.stop_kwok(host)
             message = f"{name}: kubelet hang (the host stays powered; its node stops heartbeating)"
+        elif mode == "partition":
+            # Cut off from the control plane: its kubelet and agents fall silent (frozen, not dead),
+            # while everything else on the host -- libvirt, its VMs -- keeps running.
+            self.fleet.stop_kwok(host)
+            for agent in self.fleet.agents(host):
+                self.supervisor.pause(agent)
+            message = f"{name}: partitioned from the control plane (VMs keep running)"
+        elif mode == "bmc-down":
+            # The host's kubelet hangs and its first fence level (Redfish) does not answer.
+            self.bmcs.stop_redfish()
+            self.fleet.stop_kwok(host)
+            message = f"{name}: kubelet hang and its Redfish BMC is unreachable"
         else:  # power-loss: cut the host domain's power behind everybody's back
             self.hardware.power(name, False)
             self._power_changed(name, False)
@@ -307,8 +340,12 @@ class LabDaemon:
 
     def _heal(self, name: str) -> Reply:
         host = self._host(name)
-        assert self.fleet is not None and self.hardware is not None
+        assert self.fleet is not None and self.hardware is not None and self.bmcs is not None
         at = time.time()
+        if self.bmcs.redfish_stopped:
+            self.bmcs.start_redfish()
+        for agent in self.fleet.agents(host):
+            self.supervisor.resume(agent)
         if not host.powered:
             self.hardware.power(name, True)
             self._power_changed(name, True)
@@ -316,6 +353,8 @@ class LabDaemon:
         elif host.kwok is None or not host.kwok.alive():
             self.fleet.start_kwok(host)
             message = f"{name}: healed (kubelet running again)"
+        elif host.failure is not None:
+            message = f"{name}: healed"
         else:
             return {"ok": True, "message": f"{name} is healthy", "changed": False}
         host.failure = None

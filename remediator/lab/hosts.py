@@ -32,7 +32,7 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 KWOK_ROLE = "remediator-lab-kwok"
 ZONES = ("lab-zone-a", "lab-zone-b", "lab-zone-c")
 
-FAILURE_MODES = ("kubelet-hang", "power-loss")
+FAILURE_MODES = ("kubelet-hang", "power-loss", "partition", "bmc-down")
 
 
 @dataclass
@@ -273,6 +273,15 @@ class HostFleet:
         self.stop_kwok(host)
         for service in self.services:
             service.halt(host)
+
+    def agents(self, host: LabHost) -> list[ManagedProcess]:
+        """The host's processes that talk to the control plane (besides its kubelet)."""
+        found: list[ManagedProcess] = []
+        for service in self.services:
+            agents = getattr(service, "agents", None)
+            if agents is not None:
+                found.extend(agents(host))
+        return found
 
     def describe(self, host: LabHost) -> dict[str, Any]:
         described = host.to_json()

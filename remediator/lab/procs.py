@@ -160,6 +160,15 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry.name), signal.SIGKILL)
 
+    def pause(self, proc: ManagedProcess) -> None:
+        """SIGSTOP: the process stays, but says nothing (a network partition, as seen from outside)."""
+        if proc.alive():
+            self._signal(proc, signal.SIGSTOP)
+
+    def resume(self, proc: ManagedProcess) -> None:
+        if proc.alive():
+            self._signal(proc, signal.SIGCONT)
+
     def running(self) -> list[ManagedProcess]:
         with self._lock:
             return [p for p in self._by_pid.values() if p.alive()]

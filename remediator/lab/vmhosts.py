@@ -169,6 +169,11 @@ class VmHostService:
             self._drop_connection(host)
             return None
 
+    def agents(self, host: LabHost) -> list[ManagedProcess]:
+        """The host's processes that talk to the control plane: its vmcore handler."""
+        handler = self.handlers.get(host.name)
+        return [handler] if handler is not None and handler.alive() else []
+
     def describe(self, host: LabHost) -> dict[str, Any]:
         handler = self.handlers.get(host.name)
         return {
