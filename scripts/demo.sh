@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The lab demo: set-up, then a lab of three hosts, left running (stop it with `make down`).
+# The lab demo: set-up, then `remediator lab demo` -- a lab of three hosts with VMs, one host losing
+# power, and its VMs back on the others after the host was proven off. The lab keeps running
+# afterwards (stop it with `make down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-.venv/bin/remediator lab up --hosts 3
-.venv/bin/remediator lab status
+exec .venv/bin/remediator lab demo "$@"
