@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import signal
@@ -77,16 +76,50 @@ class ManagedProcess:
         return "\n".join(text.strip().splitlines()[-lines:])
 
 
-class Supervisor:
-    """Starts, watches and stops the lab's processes, reaping every exit in one thread."""
+class _Reaper:
+    """The process's one reaper thread (``waitpid(-1)`` collects every child, so there is one per
+    process, shared by every Supervisor in it) and the table of the children it reports on."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._children_changed = threading.Condition(self._lock)
-        self._by_pid: dict[int, ManagedProcess] = {}
-        self._closed = False
-        self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
-        self._reaper.start()
+        self.lock = threading.Lock()
+        self.children_changed = threading.Condition(self.lock)
+        self.by_pid: dict[int, ManagedProcess] = {}
+        self._thread: threading.Thread | None = None
+
+    def ensure_running(self) -> None:
+        with self.lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
+                self._thread.start()
+
+    def _reap_forever(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                with self.lock:
+                    self.children_changed.wait(timeout=1.0)
+                continue
+            with self.lock:
+                proc = self.by_pid.pop(pid, None)
+                if proc is not None:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    proc.exited.set()
+            if proc is not None:
+                log.debug("%s (pid %d) exited with %s", proc.name, pid, proc.returncode)
+
+
+_REAPER = _Reaper()
+
+
+class Supervisor:
+    """Starts, watches and stops a set of processes; exits are collected by the process's reaper."""
+
+    def __init__(self) -> None:
+        self._lock = _REAPER.lock
+        self._children_changed = _REAPER.children_changed
+        self._mine: list[ManagedProcess] = []
+        _REAPER.ensure_running()
 
     def spawn(
         self,
@@ -119,7 +152,8 @@ class Supervisor:
             # The reaper owns exit statuses; Popen must never wait on its own.
             popen.returncode = 0
             proc = ManagedProcess(name, list(argv), log_path, popen.pid, time.monotonic())
-            self._by_pid[popen.pid] = proc
+            _REAPER.by_pid[popen.pid] = proc
+            self._mine.append(proc)
             self._children_changed.notify_all()
         log.debug("started %s (pid %d)", name, proc.pid)
         return proc
@@ -140,7 +174,7 @@ class Supervisor:
 
     def stop_all(self, timeout: float = 10.0) -> None:
         with self._lock:
-            procs = [p for p in self._by_pid.values() if p.alive()]
+            procs = [p for p in self._mine if p.alive()]
         # Stop the newest first: kwok before the API server, the API server before etcd.
         for proc in sorted(procs, key=lambda p: p.started_at, reverse=True):
             self.stop(proc, timeout)
@@ -171,7 +205,8 @@ class Supervisor:
 
     def running(self) -> list[ManagedProcess]:
         with self._lock:
-            return [p for p in self._by_pid.values() if p.alive()]
+            self._mine = [p for p in self._mine if p.alive()]
+            return list(self._mine)
 
     @staticmethod
     def _signal(proc: ManagedProcess, sig: int) -> None:
@@ -185,25 +220,3 @@ class Supervisor:
             except PermissionError as exc:  # pragma: no cover - only if a pid was recycled
                 log.warning("cannot signal %s (pid %d): %s", proc.name, proc.pid, exc)
                 return
-
-    def _reap_forever(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                with self._lock:
-                    self._children_changed.wait(timeout=1.0)
-                continue
-            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-                continue
-            except OSError as exc:  # pragma: no cover
-                if exc.errno != errno.EINTR:
-                    raise
-                continue
-            with self._lock:
-                proc = self._by_pid.get(pid)
-                if proc is not None:
-                    proc.returncode = os.waitstatus_to_exitcode(status)
-                    proc.exited.set()
-            if proc is not None:
-                log.debug("%s (pid %d) exited with %s", proc.name, pid, proc.returncode)
