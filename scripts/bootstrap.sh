@@ -50,5 +50,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.bootstrap-stamp 2>/dev/null)" !=
   echo "$stamp_value" > .venv/.bootstrap-stamp
 fi
 
-# Finds the binaries (KUBEBUILDER_ASSETS, PATH, cache) or builds them once with `go`.
-.venv/bin/python -m remediator.lab.binaries >/dev/null
+# Finds the binaries (KUBEBUILDER_ASSETS, PATH, cache) or builds them once with `go`: the lab's, and
+# kubectl, kustomize and helm for the deploy checks (tests/integration/deploy).
+.venv/bin/python -m remediator.lab.binaries --deploy-tools >/dev/null
