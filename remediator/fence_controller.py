@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from remediator import kube
+from remediator import kube, metrics
 from remediator import workflow as wf
 from remediator.errors import ConfigError, FenceError, RemediatorError
 from remediator.fencing.base import PowerDriver, PowerState
@@ -330,6 +330,15 @@ class FenceRunner:
     def _transition(self, step: wf.Transition) -> None:
         self.state = wf.transition(self.state, step, now_utc())
         self._persist()
+        if step.phase.terminal and self.spec is not None:
+            phases = [
+                (p.phase.value, (p.finished - p.started).total_seconds())
+                for p in self.state.phases
+                if p.finished is not None
+            ]
+            total = sum(seconds for _, seconds in phases)
+            action = self.spec.action.value
+            metrics.observe_fence_finished(action, step.phase.value, self.state.dry_run, total, phases)
         event_type = "Warning" if step.phase is wf.Phase.FAILED else "Normal"
         key_phase = step.phase in (wf.Phase.ISOLATING, wf.Phase.VERIFIED, wf.Phase.SUCCEEDED, wf.Phase.FAILED)
         self._event(event_type, step.phase.value, step.message, on_node=key_phase)
@@ -452,6 +461,7 @@ class FenceRunner:
         )
         self.state = wf.record_power(self.state, outcome, now_utc())
         self._persist()
+        metrics.observe_power_attempt(level.type, command.op.value, outcome.duration_s, outcome.error_class)
         if error is not None:
             self._event(
                 "Warning",
