@@ -354,6 +354,8 @@ class ScenarioRun:
         reply = self.lab.request({"command": "fail", "host": host, "mode": mode})
         at = datetime.fromtimestamp(float(reply["at"]), UTC)
         self.result.times.setdefault("failure", at)
+        if mode == "power-loss":
+            self.result.times.setdefault("power-off", at)
         self.say(f"{host}: {reply['message']}")
         return at
 
@@ -393,12 +395,19 @@ class ScenarioRun:
         if phases:
             self.result.times["fence-created"] = _parse(phases[0]["startedAt"])  # type: ignore[assignment]
         facts = status.get("facts") or {}
-        for key, fact in (("fence-verified", "powerOffVerifiedAt"), ("released", "releasedAt")):
+        for key, fact in (
+            ("fence-verified", "powerOffVerifiedAt"),
+            ("released", "releasedAt"),
+            ("host-on", "powerOnVerifiedAt"),
+        ):
             if facts.get(fact):
                 self.result.times[key] = _parse(facts[fact])  # type: ignore[assignment]
         self.result.check(
             "fence succeeded", status.get("phase") == "Succeeded", f"{name}: {status.get('message')}"
         )
+        verified = self.result.times.get("fence-verified")
+        if verified is not None:
+            self.result.times.setdefault("power-off", verified)
         return dict(body)
 
     def _check_vms_back(self, host: str) -> None:
@@ -462,7 +471,10 @@ class ScenarioRun:
             ("host-back", "host-back"),
         ):
             tl.mark(host, kind, self.result.times.get(key))
-        for n in self.vm_names:
+        powered_on = self.result.times.get("host-on") or self.result.times.get("host-back")
+        tl.span(host, "off", self.result.times.get("power-off"), powered_on)
+        # The failed host's VMs; the others kept running and would only add empty lanes.
+        for n in (n for n in self.vm_names if self.placement.get(n) == host):
             domain = vapi.domain_name(NAMESPACE, n)
             for begin, end in self.monitor.down_spans(domain):
                 if begin >= start:
@@ -476,8 +488,6 @@ class ScenarioRun:
                     f"on {info['to']}",
                     lane_kind="vm",
                 )
-            elif self.placement.get(n):
-                tl.lane(n, "vm")
         self.result.timeline = tl
 
     # --- the scenarios --------------------------------------------------------------------------
