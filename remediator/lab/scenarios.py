@@ -264,6 +264,7 @@ class ScenarioRun:
         self.monitor: DomainMonitor | None = None
         self.vm_names: list[str] = []
         self.placement: dict[str, str] = {}
+        self.fence: dict[str, Any] = {}  # the Fence this run followed, as it finished
 
     def say(self, text: str) -> None:
         self.say_line(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
@@ -408,7 +409,8 @@ class ScenarioRun:
         verified = self.result.times.get("fence-verified")
         if verified is not None:
             self.result.times.setdefault("power-off", verified)
-        return dict(body)
+        self.fence = dict(body)
+        return self.fence
 
     def _check_vms_back(self, host: str) -> None:
         """Every VM of ``host`` runs again on another host, and only after the fence was verified."""
@@ -508,18 +510,17 @@ class ScenarioRun:
 
     def _run_kubelet_hang(self, host: str) -> list[str]:
         hosts = self._remediate(host, "kubelet-hang")
-        self._check_power_off_sent(host, "the hung host was switched off")
+        self._check_power_off_sent("the hung host was switched off")
         return hosts
 
     def _run_partition(self, host: str) -> list[str]:
         hosts = self._remediate(host, "partition")
-        self._check_power_off_sent(host, "the partitioned host was switched off")
+        self._check_power_off_sent("the partitioned host was switched off")
         return hosts
 
     def _run_bmc_down(self, host: str) -> list[str]:
         hosts = self._remediate(host, "bmc-down")
-        fence = self.lab.fences(host)[-1]
-        attempts = [a for a in fence["status"].get("attempts", []) if a["operation"] == "PowerOff"]
+        attempts = [a for a in self.fence["status"].get("attempts", []) if a["operation"] == "PowerOff"]
         self.result.check(
             "Redfish failed, IPMI fenced",
             bool(attempts)
@@ -625,11 +626,10 @@ class ScenarioRun:
         kube.set_node_unschedulable(self.lab.api, host, False)
         return []
 
-    def _check_power_off_sent(self, host: str, what: str) -> None:
-        fence = self.lab.fences(host)[-1]
+    def _check_power_off_sent(self, what: str) -> None:
         off = [
             a
-            for a in fence["status"].get("attempts", [])
+            for a in self.fence["status"].get("attempts", [])
             if a["operation"] == "PowerOff" and a["result"] == "Succeeded"
         ]
         self.result.check(what, bool(off) and off[-1]["commandSent"], "power-off command sent and read back")
