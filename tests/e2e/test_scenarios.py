@@ -30,7 +30,7 @@ def test_scenario(full_lab: LabPaths, name: str) -> None:
 
 def test_scenario_cli_json(full_lab: LabPaths, capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        main(["lab", "scenario", "power-loss", "--json", "--state-dir", str(full_lab), "--vms-per-host", "1"])
+        main(["lab", "scenario", "power-loss", "--json", "--state-dir", str(full_lab.root), "--vms-per-host", "1"])
         == 0
     )
     out = json.loads(capsys.readouterr().out)
@@ -44,11 +44,11 @@ def test_bad_scenario_input_is_refused(
     full_lab: LabPaths, tmp_path: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        main(["lab", "scenario", "meteor", "--state-dir", str(full_lab)])
+        main(["lab", "scenario", "meteor", "--state-dir", str(full_lab.root)])
     assert "invalid choice: 'meteor'" in capsys.readouterr().err
-    assert main(["lab", "scenario", "power-loss", "--host", "lab-host-9", "--state-dir", str(full_lab)]) == 1
+    assert main(["lab", "scenario", "power-loss", "--host", "lab-host-9", "--state-dir", str(full_lab.root)]) == 1
     assert "unknown host 'lab-host-9'" in capsys.readouterr().err
-    assert main(["lab", "demo", "--state-dir", str(full_lab)]) == 1
+    assert main(["lab", "demo", "--state-dir", str(full_lab.root)]) == 1
     assert "a lab is already running" in capsys.readouterr().err
 
 
