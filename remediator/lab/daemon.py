@@ -104,6 +104,7 @@ class LabDaemon:
         self.run_controller = controller
         self.install_health_check = health_check
         self.controller_proc: ManagedProcess | None = None
+        self.controller_held = False
         self.timers = timers
         self.supervisor = Supervisor()
         self.commands: queue.Queue[_Request] = queue.Queue()
@@ -212,15 +213,47 @@ class LabDaemon:
 
         self._step("hosts Ready", ready)
 
+    def _restart_crashed_controller(self) -> None:
+        """Like a Deployment: a controller that exited on its own (not by `lab controller kill`) --
+        e.g. a leader that could not renew its Lease during a control-plane outage -- is started
+        again."""
+        proc = self.controller_proc
+        if proc is None or proc.alive() or not self.run_controller or self.controller_held:
+            return
+        log.warning("%s; starting it again", proc.exit_summary())
+        try:
+            self._start_controller(kube.api_client(self.paths.kubeconfig))
+        except RemediatorError as exc:
+            log.error("could not restart the controller: %s", exc)
+
+    def _control_plane_outage(self, seconds: float) -> Reply:
+        """Stop kube-apiserver for ``seconds`` and start it again (a control-plane restart/outage)."""
+        if not 0 < seconds <= 300:
+            raise ConfigError("an outage lasts more than 0 and at most 300 seconds")
+        assert self.control_plane is not None
+        proc = self.control_plane.processes["kube-apiserver"]
+        started = time.time()
+        self.supervisor.stop(proc)
+        log.info("control-plane outage: kube-apiserver stopped for %.0fs", seconds)
+        time.sleep(seconds)  # the outage itself: how long the fault lasts
+        self.control_plane.start_apiserver()
+        return {
+            "ok": True,
+            "message": f"kube-apiserver was down for {time.time() - started:.1f}s",
+            "at": started,
+        }
+
     def _controller_command(self, action: str) -> Reply:
         """``kill``: SIGKILL the remediation controller (a crash); ``start``: start it again."""
         if not self.run_controller:
             raise ConfigError("this lab runs no controller (started with --no-controller)")
         if action == "kill":
+            self.controller_held = True  # stays down until `start`
             if self.controller_proc is not None:
                 self.supervisor.kill(self.controller_proc)
             return {"ok": True, "message": "controller killed", "at": time.time()}
         if action == "start":
+            self.controller_held = False
             if self.controller_proc is not None and self.controller_proc.alive():
                 return {"ok": True, "message": "controller already running", "at": time.time()}
             self._start_controller(kube.api_client(self.paths.kubeconfig))
@@ -274,6 +307,7 @@ class LabDaemon:
             "fail": lambda: self._fail(str(body.get("host")), str(body.get("mode"))),
             "heal": lambda: self._heal(str(body.get("host"))),
             "controller": lambda: self._controller_command(str(body.get("action"))),
+            "control-plane-outage": lambda: self._control_plane_outage(float(body.get("seconds", 0))),
             POWER_EVENT: lambda: self._power_event(body),
             "down": self._request_down,
         }
@@ -396,6 +430,7 @@ class LabDaemon:
                 try:
                     request = self.commands.get(timeout=1.0)
                 except queue.Empty:
+                    self._restart_crashed_controller()
                     continue
                 try:
                     reply = self.handle(request.body)
