@@ -29,8 +29,9 @@ def test_scenario(full_lab: LabPaths, name: str) -> None:
 
 
 def test_scenario_cli_json(full_lab: LabPaths, capsys: pytest.CaptureFixture[str]) -> None:
+    state_dir = str(full_lab.root)
     assert (
-        main(["lab", "scenario", "power-loss", "--json", "--state-dir", str(full_lab.root), "--vms-per-host", "1"])
+        main(["lab", "scenario", "power-loss", "--json", "--state-dir", state_dir, "--vms-per-host", "1"])
         == 0
     )
     out = json.loads(capsys.readouterr().out)
@@ -46,7 +47,8 @@ def test_bad_scenario_input_is_refused(
     with pytest.raises(SystemExit):
         main(["lab", "scenario", "meteor", "--state-dir", str(full_lab.root)])
     assert "invalid choice: 'meteor'" in capsys.readouterr().err
-    assert main(["lab", "scenario", "power-loss", "--host", "lab-host-9", "--state-dir", str(full_lab.root)]) == 1
+    state_dir = str(full_lab.root)
+    assert main(["lab", "scenario", "power-loss", "--host", "lab-host-9", "--state-dir", state_dir]) == 1
     assert "unknown host 'lab-host-9'" in capsys.readouterr().err
     assert main(["lab", "demo", "--state-dir", str(full_lab.root)]) == 1
     assert "a lab is already running" in capsys.readouterr().err
