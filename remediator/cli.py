@@ -29,13 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
-    from remediator import controller_cli
+    from remediator import controller_cli, vm_cli
     from remediator.fencing import cli as bmc_cli
     from remediator.lab import cli as lab_cli
 
     controller_cli.register(groups)
     lab_cli.register(groups)
     bmc_cli.register(groups)
+    vm_cli.register(groups)
     return parser
 
 

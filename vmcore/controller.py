@@ -87,7 +87,7 @@ class Reconciler:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.fences: dict[str, dict[str, Any]] = {}
         self._dirty: set[Key] = set()
-        self._pdbs: dict[Key, bool] = {}
+        self._pdbs: dict[Key, int] = {}  # VM -> the PDB's minAvailable (0: no PDB)
         self._events: dict[Key, tuple[str, str]] = {}
         self._evacuated: dict[Key, dt.datetime] = {}
         self._stop = threading.Event()
@@ -251,6 +251,19 @@ class Reconciler:
         elif not current.get("domains") and "domains" not in current:
             self._init_domains(vm, raw)
         domain = vapi.DomainSpec(vm.namespace, vm.name, vm.uid, vm.spec) if vm.spec else None
+        # The PDB counts every VM pod: raised before a pod is added, lowered after pods are deleted.
+        with self._lock:
+            live = {
+                str(p["metadata"]["name"])
+                for (ns, _), p in self.pods.items()
+                if ns == vm.namespace
+                and p.get("metadata", {}).get("labels", {}).get(vapi.LABEL_VM) == vm.name
+                and not p.get("metadata", {}).get("deletionTimestamp")
+            }
+        if plan.create_pod is not None:
+            live.add(plan.create_pod.name)
+        if domain is not None and plan.want_pdb:
+            self._ensure_pdb(domain, max(len(live), self._pdbs.get((vm.namespace, vm.name), 0), 1))
         if plan.create_pod is not None and domain is not None:
             manifest = vm_pod_manifest(
                 domain,
@@ -303,7 +316,8 @@ class Reconciler:
                 {"metadata": {"annotations": {vapi.ANN_REQUESTED_STATE: None}}},
             )
         if domain is not None:
-            self._ensure_pdb(domain, plan.want_pdb)
+            remaining = live - {name for name, _ in plan.delete_pods}
+            self._ensure_pdb(domain, max(len(remaining), 1) if plan.want_pdb else 0)
         for type_, reason, message in plan.events:
             self._event(vm, type_, reason, message)
         if plan.requeue_after is not None:
@@ -362,21 +376,36 @@ class Reconciler:
             self.on_migration("ADDED", created)
         self._event(vm, "Normal", "Evacuating", f"{reason}: migrating live ({name})")
 
-    def _ensure_pdb(self, domain: vapi.DomainSpec, want: bool) -> None:
+    def _ensure_pdb(self, domain: vapi.DomainSpec, min_available: int) -> None:
+        """A PDB with ``minAvailable`` = the VM's pod count (0: none), created, resized or deleted."""
         key = (domain.namespace, domain.name)
-        if self._pdbs.get(key) == want:
+        if self._pdbs.get(key) == min_available:
             return
+        name = pdb_name(domain.name)
         try:
-            if want:
-                self.policy.create_namespaced_pod_disruption_budget(
-                    domain.namespace, kube.body(pdb_manifest(domain))
+            if min_available and self._pdbs.get(key):
+                self.policy.patch_namespaced_pod_disruption_budget(
+                    name, domain.namespace, {"spec": {"minAvailable": min_available, "maxUnavailable": None}}
                 )
+            elif min_available:
+                try:
+                    self.policy.create_namespaced_pod_disruption_budget(
+                        domain.namespace, kube.body(pdb_manifest(domain, min_available))
+                    )
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    self.policy.patch_namespaced_pod_disruption_budget(
+                        name,
+                        domain.namespace,
+                        {"spec": {"minAvailable": min_available, "maxUnavailable": None}},
+                    )
             else:
-                self.policy.delete_namespaced_pod_disruption_budget(pdb_name(domain.name), domain.namespace)
+                self.policy.delete_namespaced_pod_disruption_budget(name, domain.namespace)
         except ApiException as exc:
-            if exc.status not in (404, 409):
+            if exc.status != 404:
                 raise
-        self._pdbs[key] = want
+        self._pdbs[key] = min_available
 
     def _event(self, vm: VmView, type_: str, reason: str, message: str) -> None:
         key = (vm.namespace, vm.name)

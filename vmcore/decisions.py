@@ -273,9 +273,13 @@ def decide_vm(
             continue
         plan.delete_pods.append((pod.name, False))
 
+    protect = spec.eviction_strategy == "LiveMigrate" or (
+        spec.eviction_strategy == "LiveMigrateIfPossible" and movable.migratable
+    )
     if status.active_migration is not None:
         status = _drive_migration(vm, spec, status, plan, by_name, nodes, migrations, now)
         plan.status = status
+        plan.want_pdb = protect and plan.status.active_pod != ""  # a drain waits for the migration
         return plan
 
     if active is not None:
@@ -289,10 +293,7 @@ def decide_vm(
         _start_next_migration(vm, spec, plan, active, nodes, migrations, now, movable, fencing_nodes)
     else:
         _fail_pending_migrations_if_stopped(plan, migrations, now, status)
-    plan.want_pdb = plan.status.active_pod != "" and (
-        spec.eviction_strategy == "LiveMigrate"
-        or (spec.eviction_strategy == "LiveMigrateIfPossible" and movable.migratable)
-    )
+    plan.want_pdb = protect and plan.status.active_pod != ""
     return plan
 
 
@@ -731,6 +732,8 @@ def decide_node(  # noqa: PLR0911, PLR0912 - a decision table
             return [NodeAction("report", pod=legit, state=state)]
         return [NodeAction("none")]
     # No running domain for the designated pod.
+    if last_event == "migrated" and entry is not None and entry.pod == legit:
+        return [NodeAction("none")]  # moved away; the controller hands over on the source's report
     if launcher is not None and launcher.report is not None and launcher.report.phase == "Succeeded":
         return (
             [NodeAction("clear-entry", pod=legit)]

@@ -25,7 +25,9 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return element
 
 
-def build_domain_xml(domain: DomainSpec, virt_type: str, disk_paths: Mapping[str, str] | None = None) -> str:
+def build_domain_xml(  # noqa: PLR0915 - one flat document
+    domain: DomainSpec, virt_type: str, disk_paths: Mapping[str, str] | None = None
+) -> str:
     """The ``<domain>`` document for ``domain``.
 
     ``disk_paths`` maps each disk's name to the file the handler resolved (and checked) for it;
@@ -46,6 +48,8 @@ def build_domain_xml(domain: DomainSpec, virt_type: str, disk_paths: Mapping[str
     _sub(root, "vcpu", str(spec.cpu_cores))
     os_ = _sub(root, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
+    if spec.disks:
+        _sub(os_, "boot", dev="hd")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")

@@ -352,6 +352,7 @@ class NodeHandler:
     ) -> None:
         started = _now()
         last_sent = [0.0]
+        seen = [0, 0]  # the last progress: percent, bytes sent
 
         def report(rep: vapi.MigrationReport) -> None:
             self._annotate(
@@ -359,6 +360,7 @@ class NodeHandler:
             )
 
         def progress(percent: int, sent: int) -> None:
+            seen[:] = [percent, max(sent, seen[1])]
             if time.monotonic() - last_sent[0] >= 0.5:
                 last_sent[0] = time.monotonic()
                 report(vapi.MigrationReport(request.migration, "Running", started, None, percent, sent))
@@ -378,7 +380,14 @@ class NodeHandler:
             log.warning("migration %s failed: %s", request.migration, exc)
             report(
                 vapi.MigrationReport(
-                    request.migration, "Failed", started, _now(), reason=exc.reason, message=str(exc)
+                    request.migration,
+                    "Failed",
+                    started,
+                    _now(),
+                    seen[0],
+                    seen[1],
+                    reason=exc.reason,
+                    message=str(exc),
                 )
             )
         except HypervisorError as exc:

@@ -114,8 +114,15 @@ def pdb_name(vm_name: str) -> str:
     return f"vm-{vm_name}"[:253]
 
 
-def pdb_manifest(domain: DomainSpec) -> dict[str, Any]:
-    """Blocks every eviction of the VM's pods: a drain waits while vmcore migrates the VM instead."""
+def pdb_manifest(domain: DomainSpec, min_available: int = 1) -> dict[str, Any]:
+    """Blocks every eviction of the VM's pods: a drain waits while vmcore migrates the VM instead.
+
+    ``minAvailable`` is the number of VM pods that exist: 1, or 2 while a migration's target pod
+    exists, so no pod of the VM is ever evictable. (An integer ``minAvailable`` is what the disruption
+    controller can compute for pods owned by a custom resource; ``maxUnavailable`` needs the owner's
+    scale subresource, and without it the budget fails to sync and lets evictions through once a
+    second pod appears.)
+    """
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -125,5 +132,5 @@ def pdb_manifest(domain: DomainSpec) -> dict[str, Any]:
             "labels": {LABEL_VM: domain.name},
             "ownerReferences": [owner_reference(domain)],
         },
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {LABEL_VM: domain.name}}},
+        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {LABEL_VM: domain.name}}},
     }

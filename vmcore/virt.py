@@ -5,7 +5,8 @@ in vmcore imports libvirt except the safety check, which only reads. Live migrat
 (``migrateToURI3`` with ``VIR_MIGRATE_PEER2PEER``): the source libvirtd talks to the target's, qemu
 streams memory over ``tcp://127.0.0.1`` with the target listening on 127.0.0.1 only; a progress
 callback sees libvirt's job statistics, and a completion timeout aborts the job (the guest keeps
-running on the source).
+running on the source). Target libvirtds that may receive migrations at the same time must allocate
+incoming ports from ranges of their own (``migration_port_min/max`` in qemu.conf; the lab does).
 """
 
 from __future__ import annotations
@@ -122,6 +123,23 @@ class MigrationResult:
     elapsed_ms: int
 
 
+def peer_uri(uri: str) -> str:
+    """The URI the source libvirtd opens for a peer-to-peer migration to the libvirt at ``uri``.
+
+    libvirt refuses a peer URI without a host as "the same host" unless its transport is explicitly
+    ``unix`` with a ``socket`` (it then trusts the caller to mean another daemon), so
+    ``qemu:///system?socket=S`` becomes ``qemu+unix:///system?socket=S``; anything else is unchanged.
+    """
+    scheme, sep, rest = uri.partition(":///")
+    if sep and scheme == "qemu" and "socket=" in rest:
+        return f"qemu+unix:///{rest}"
+    return uri
+
+
+#: How often a migration is retried when the target's incoming port was taken meanwhile.
+PORT_RACE_RETRIES = 2
+
+
 #: Called with (percent done, bytes transferred) while a migration runs.
 ProgressCallback = Callable[[int, int], None]
 
@@ -178,7 +196,11 @@ class Hypervisor:
             if domain.isActive():
                 domain.destroy()
         except libvirt.libvirtError as exc:
-            if domain.isActive():
+            try:
+                still = domain.isActive()
+            except libvirt.libvirtError:
+                still = False  # gone meanwhile (migrated away, or stopped): nothing left to destroy
+            if still:
                 raise HypervisorError(f"destroying {name}: {_error(exc)}") from exc
         with contextlib.suppress(libvirt.libvirtError):
             domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
@@ -193,20 +215,31 @@ class Hypervisor:
         unsafe: bool = False,
         progress: ProgressCallback | None = None,
         address: str = "127.0.0.1",
+        port: int | None = None,
     ) -> MigrationResult:
-        """Move ``name`` live to the libvirt at ``target_uri``; abort after ``timeout`` seconds."""
+        """Move ``name`` live, peer-to-peer, to the libvirt at ``target_uri``; abort after ``timeout`` s.
+
+        The source libvirtd connects to the target's itself (``migrateToURI3`` with
+        ``VIR_MIGRATE_PEER2PEER``, to :func:`peer_uri` of ``target_uri``). qemu streams memory to
+        ``tcp://ADDRESS[:PORT]``, the target qemu listening on ``address`` only. A migration that
+        fails before any byte moved because the target's port was taken (another daemon's migration
+        won the race) is tried again.
+        """
         try:
             domain = self._conn.lookupByName(name)
         except libvirt.libvirtError as exc:
             raise MigrationFailed("DomainGone", _error(exc)) from exc
         params: dict[str, Any] = {
-            libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}",
+            libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{address}" + (f":{port}" if port else ""),
             libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: address,
         }
         if bandwidth_mibps:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mibps
         flags = (
-            libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
         )
         if unsafe:
             flags |= libvirt.VIR_MIGRATE_UNSAFE
@@ -232,25 +265,23 @@ class Hypervisor:
 
         watcher = threading.Thread(target=watch, name=f"migrate-{name}", daemon=True)
         watcher.start()
+        dconnuri = peer_uri(target_uri)
         try:
-            dconn = libvirt.open(target_uri)
-        except libvirt.libvirtError as exc:
-            done.set()
-            raise MigrationFailed("TargetUnreachable", _error(exc)) from exc
-        try:
-            # Managed migrate3 (this process holds both connections). libvirt 9 refuses PEER2PEER here:
-            # migrate3 says "use migrateToURI3", which rejects a socket URI without a host as "the same
-            # host", and a unix-socket URI with a host is invalid.
-            domain.migrate3(dconn, params, flags)
-        except libvirt.libvirtError as exc:
-            if timed_out.is_set():
-                raise MigrationFailed("Timeout", f"not done after {timeout:g}s; aborted") from exc
-            raise MigrationFailed("MigrationFailed", _error(exc)) from exc
+            for attempt in range(PORT_RACE_RETRIES + 1):
+                try:
+                    domain.migrateToURI3(dconnuri, params, flags)
+                    break
+                except libvirt.libvirtError as exc:
+                    if timed_out.is_set():
+                        raise MigrationFailed("Timeout", f"not done after {timeout:g}s; aborted") from exc
+                    message = _error(exc)
+                    if "Address already in use" in message and attempt < PORT_RACE_RETRIES:
+                        log.info("migration of %s: target port taken; trying again", name)
+                        continue
+                    raise MigrationFailed("MigrationFailed", message) from exc
         finally:
             done.set()
             watcher.join(2.0)
-            with contextlib.suppress(libvirt.libvirtError):
-                dconn.close()
         elapsed_ms = int((time.monotonic() - started) * 1000)
         return self._completed_stats(name, target_uri, elapsed_ms, last_bytes[0])
 

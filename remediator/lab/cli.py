@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from remediator.errors import ConfigError, LabNotRunning
+from remediator.errors import ConfigError, LabError, LabNotRunning
 from remediator.lab import binaries, client
 from remediator.lab.hosts import FAILURE_MODES
 from remediator.lab.state import LabPaths, default_state_dir
@@ -87,6 +87,26 @@ def register(groups: Any) -> None:
     bmc = add("bmc", cmd_bmc, "a host's BMC addresses and the lab's BMC credentials (lab only)")
     bmc.add_argument("host", help="host name, e.g. lab-host-2")
     bmc.add_argument("--json", action="store_true", help="print one JSON object")
+
+    vm = add("vm", cmd_vm_create, "lab VMs (vmcore VirtualMachines in namespace default)")
+    vm_commands = vm.add_subparsers(dest="vm_command", metavar="VM_COMMAND", required=True)
+    create = vm_commands.add_parser(
+        "create",
+        help="create VMs (the scheduler spreads them over the hosts)",
+        description=cmd_vm_create.__doc__,
+    )
+    create.add_argument("name", help="the VM's name; with --count, NAME-1 ... NAME-N")
+    create.add_argument("--count", type=int, default=1, help="how many VMs (default 1)")
+    create.add_argument("--memory", default="64Mi", help="guest memory (default 64Mi)")
+    create.add_argument(
+        "--eviction-strategy",
+        default="LiveMigrate",
+        choices=["LiveMigrate", "LiveMigrateIfPossible", "None"],
+        help="what a drain does to them (default LiveMigrate)",
+    )
+    create.add_argument("--wait", action="store_true", help="wait until they run; print where")
+    create.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
+    create.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     heal = add("heal", cmd_heal, "undo a host's failure (restore power, or restart its kubelet)")
     heal.add_argument("host", help="host name, e.g. lab-host-2")
@@ -206,6 +226,66 @@ def cmd_status(args: argparse.Namespace) -> int:
     for node in report["nodes"]:
         taints = ", ".join(node["taints"]) or "-"
         print(f"    {node['name']:<14} {node['ready']:<8} {node['failure'] or '-':<14} {taints}")
+    vm_hosts = report.get("vmHosts") or []
+    if vm_hosts:
+        print("  VMs (as each host's libvirt reports them):")
+    for host in vm_hosts:
+        print(f"    {host['name']:<14} {host['libvirtUri']}")
+        if host["domains"] is None:
+            print("      (libvirt not answering: host off or starting)")
+        elif not host["domains"]:
+            print("      (no domains)")
+        for domain in host["domains"] or []:
+            print(f"      {domain['name']:<40} {domain['state']}")
+    return 0
+
+
+def cmd_vm_create(args: argparse.Namespace) -> int:
+    """Create lab VMs: tiny diskless qemu guests, one VM pod each, placed by the kube-scheduler."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    from remediator import kube
+    from vmcore import api as vapi
+
+    if not 1 <= args.count <= 100:
+        raise ConfigError(f"--count must be between 1 and 100, not {args.count}")
+    paths = _paths(args)
+    if not client.is_running(paths):
+        raise LabNotRunning(str(paths.root))
+    api = k8s.CustomObjectsApi(kube.api_client(paths.kubeconfig))
+    names = [args.name] if args.count == 1 else [f"{args.name}-{i}" for i in range(1, args.count + 1)]
+    for name in names:
+        body = {
+            "apiVersion": vapi.API_VERSION,
+            "kind": vapi.VM_KIND,
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"memory": {"guest": args.memory}, "evictionStrategy": args.eviction_strategy},
+        }
+        try:
+            api.create_namespaced_custom_object(vapi.GROUP, vapi.VERSION, "default", vapi.VM_PLURAL, body)
+        except ApiException as exc:
+            raise ConfigError(f"VM {name}: {kube.api_error_message(exc)}") from exc
+        print(f"VirtualMachine default/{name} created")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    placed: dict[str, str] = {}
+    while len(placed) < len(names):
+        for name in names:
+            vm: Any = api.get_namespaced_custom_object(
+                vapi.GROUP, vapi.VERSION, "default", vapi.VM_PLURAL, name
+            )
+            status = vm.get("status") or {}
+            if name not in placed and status.get("phase") == "Running":
+                placed[name] = str(status.get("nodeName"))
+                print(f"  {name} runs on {placed[name]}")
+        if len(placed) < len(names):
+            if time.monotonic() >= deadline:
+                raise LabError(
+                    "lab vm create", f"{len(names) - len(placed)} VMs not running after {args.timeout:g}s"
+                )
+            time.sleep(0.2)
     return 0
 
 

@@ -43,7 +43,49 @@ def lab_report(paths: LabPaths) -> dict[str, Any]:
         "lab": lab,
         "processes": reply["processes"],
         "nodes": nodes,
+        "vmHosts": vm_hosts(lab),
     }
+
+
+def vm_hosts(lab: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per host: its libvirt URI and its domains, read live from that libvirt (None while it is off)."""
+    hosts = []
+    for host in lab.get("hosts", []):
+        vmcore = host.get("vmcore")
+        if not isinstance(vmcore, dict) or not vmcore.get("libvirtUri"):
+            continue
+        uri = str(vmcore["libvirtUri"])
+        hosts.append({"name": host["name"], "libvirtUri": uri, "domains": libvirt_domains(uri)})
+    return hosts
+
+
+def libvirt_domains(uri: str) -> list[dict[str, str]] | None:
+    """Every domain of one libvirt (name, UUID, state); None when it does not answer."""
+    import contextlib
+
+    import libvirt
+
+    from vmcore.virt import STATE_NAMES
+
+    # libvirt prints its errors to stderr by default; a host that is off is not an error here.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return None
+    try:
+        return sorted(
+            (
+                {"name": d.name(), "uuid": d.UUIDString(), "state": STATE_NAMES.get(d.state()[0], "nostate")}
+                for d in conn.listAllDomains(0)
+            ),
+            key=lambda d: d["name"],
+        )
+    except libvirt.libvirtError:
+        return None
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
 
 
 def wait_node_ready(paths: LabPaths, node: str, timeout: float) -> float:

@@ -6,6 +6,13 @@ of its own (``unshare -m``) with ``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/
 ``host_uuid`` of its own (libvirt refuses to migrate to "the same host"). Clients reach it through
 its socket: ``qemu:///system?socket=DIR/run/libvirt-sock``.
 
+Live migration between lab daemons: qemu's incoming migration listens on 127.0.0.1 (the migration's
+``VIR_MIGRATE_PARAM_LISTEN_ADDRESS``; qemu.conf's ``migration_address`` refuses a loopback address)
+on a port the *target* daemon picks from its ``migration_port_min..max``. Every daemon
+picks independently, so daemons side by side need ranges of their own: with libvirt's shared default
+(49152-49215) two migrations that start at once to two hosts both take 49152 and the second fails
+with "Failed to find an available port: Address already in use".
+
 It must run under the lab daemon's supervisor: the supervisor is a child subreaper, so qemu
 processes (which libvirtd double-forks) become its children and are reaped at once -- without that,
 this sandbox's PID 1 reaps late and ``virDomainDestroy`` waits 1-2 s for a zombie.
@@ -82,11 +89,22 @@ def _capabilities_cache() -> Path:
 class LabLibvirtd:
     """One private libvirtd: start, connect, stop."""
 
-    def __init__(self, name: str, root: Path, supervisor: Supervisor, host_uuid: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        supervisor: Supervisor,
+        host_uuid: str | None = None,
+        *,
+        migration_ports: tuple[int, int] | None = None,
+    ) -> None:
+        """``migration_ports``: the (first, last) port of this daemon's incoming migrations; give
+        every daemon that may receive a migration at the same time as another a range of its own."""
         self.name = name
         self.root = root
         self.supervisor = supervisor
         self.host_uuid = host_uuid or str(uuid.uuid4())
+        self.migration_ports = migration_ports
         self.proc: ManagedProcess | None = None
 
     @property
@@ -105,10 +123,18 @@ class LabLibvirtd:
         for sub in _BIND_DIRS:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(host_uuid=self.host_uuid))
-        (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF + self._migration_conf())
         seed = _capabilities_cache()
         if seed.is_dir():
             shutil.copytree(seed, self.root / "cache" / "qemu" / "capabilities", dirs_exist_ok=True)
+
+    def _migration_conf(self) -> str:
+        if self.migration_ports is None:
+            return ""
+        first, last = self.migration_ports
+        if not 1024 <= first <= last <= 65535:
+            raise LabError(f"configure libvirtd ({self.name})", f"bad migration ports {first}-{last}")
+        return f"migration_port_min = {first}\nmigration_port_max = {last}\n"
 
     def spawn(self) -> ManagedProcess:
         """Start the daemon process (returns at once; ``connect`` waits for it)."""

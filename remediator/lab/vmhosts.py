@@ -33,6 +33,11 @@ from remediator.lab.state import LabPaths
 
 log = logging.getLogger(__name__)
 
+#: Each host's libvirtd takes the incoming migrations on ports of its own (the n-th host
+#: BASE + n*PER_HOST ...), so two migrations to two hosts never race for one port.
+MIGRATION_PORT_BASE = 49152
+MIGRATION_PORTS_PER_HOST = 16
+
 
 class _VmLibvirtd(LabLibvirtd):
     """A host's libvirtd. Its qemu processes stay out of cgroups: every daemon names a guest's cgroup
@@ -62,9 +67,15 @@ class VmHostService:
     def libvirtd(self, host: str) -> LabLibvirtd:
         daemon = self.daemons.get(host)
         if daemon is None:
-            # The same host UUID across power cycles: it is the same machine.
+            # The same host UUID across power cycles: it is the same machine. Incoming migrations
+            # listen on 127.0.0.1, on ports of the host's own range (see remediator.lab.libvirtd).
+            first = MIGRATION_PORT_BASE + MIGRATION_PORTS_PER_HOST * len(self.daemons)
             daemon = _VmLibvirtd(
-                host, self.root / host, self.supervisor, str(uuid.uuid5(uuid.NAMESPACE_DNS, host))
+                host,
+                self.root / host,
+                self.supervisor,
+                str(uuid.uuid5(uuid.NAMESPACE_DNS, host)),
+                migration_ports=(first, first + MIGRATION_PORTS_PER_HOST - 1),
             )
             self.daemons[host] = daemon
         return daemon
