@@ -357,10 +357,10 @@ class FenceRunner:
             kube.add_node_taints(
                 self.api,
                 node,
-                [
-                    {"key": wf.FENCING_TAINT_KEY, "value": self.name, "effect": "NoSchedule"},
-                    {"key": wf.FENCING_TAINT_KEY, "value": self.name, "effect": "NoExecute"},
-                ],
+                # NoSchedule only: nothing new lands, and nothing is evicted before the host is
+                # proven off -- an eviction now would let a workload start elsewhere while the old
+                # copy may still run. Release (out-of-service, NoExecute) comes after Verified.
+                [{"key": wf.FENCING_TAINT_KEY, "value": self.name, "effect": "NoSchedule"}],
             )
             self.state = wf.record_isolated(self.state, bool(was), now_utc())
             self._persist()

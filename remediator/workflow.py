@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-#: Taint key the controller puts on a node it fences (NoSchedule and NoExecute).
+#: Taint key the controller puts on a node it fences (NoSchedule: nothing is evicted before Verified).
 FENCING_TAINT_KEY = "remediator.io/fencing"
 #: The upstream taint that lets the cluster release a shut-down node's volumes and pods.
 OUT_OF_SERVICE_TAINT_KEY = "node.kubernetes.io/out-of-service"
@@ -72,7 +72,7 @@ class Op(enum.StrEnum):
     """What a :class:`Command` asks the I/O side to do."""
 
     PROBE = "Probe"  # dry run: check every level (credentials, reachability, identity), change nothing
-    ISOLATE = "Isolate"  # cordon + our NoSchedule/NoExecute taints
+    ISOLATE = "Isolate"  # cordon + our NoSchedule taint
     POWER_OFF = "PowerOff"  # identity check, then a verified power-off through one level
     RELEASE = "Release"  # out-of-service taint, force-delete pods, delete VolumeAttachments
     POWER_ON = "PowerOn"  # verified power-on through one level
@@ -927,7 +927,7 @@ def record_wait(state: FenceState, seconds: float) -> FenceState:
 def record_probe(spec: FenceSpec, state: FenceState, probe: ProbeOutcome) -> FenceState:
     """The dry-run plan: what would be done, and whether the checks passed."""
     node = spec.node_name
-    plan = [f"cordon node {node}; taint it {FENCING_TAINT_KEY}:NoSchedule and :NoExecute"]
+    plan = [f"cordon node {node}; taint it {FENCING_TAINT_KEY}:NoSchedule"]
     usable = [lv for lv, err, _ in probe.levels if err is None]
     for level, err, detail in probe.levels:
         verdict = "ok" if err is None else f"FAILS ({err})"

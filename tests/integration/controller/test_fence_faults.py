@@ -46,7 +46,9 @@ def _assert_isolated_not_released(
 ) -> None:
     n = node.read()
     keys = taint_keys(n)
-    assert n.spec.unschedulable and "remediator.io/fencing:NoExecute" in keys
+    assert n.spec.unschedulable and "remediator.io/fencing:NoSchedule" in keys
+    # Nothing is evicted before the host is proven off.
+    assert "remediator.io/fencing:NoExecute" not in keys
     assert "node.kubernetes.io/out-of-service:NoExecute" not in keys, "released before verified"
     if pod and namespace:
         assert any(p.metadata.name == pod for p in lab.core.list_namespaced_pod(namespace).items)

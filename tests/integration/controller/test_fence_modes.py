@@ -96,7 +96,7 @@ def test_redfish_fence(
         assert not is_on()
         assert n.spec.unschedulable
         assert {
-            "remediator.io/fencing:NoExecute",
+            "remediator.io/fencing:NoSchedule",
             "node.kubernetes.io/out-of-service:NoExecute",
         } <= taint_keys(n)
     elif after == "PowerOn":
@@ -129,7 +129,7 @@ def test_ipmi_fence(
     n = node.read()
     assert (n is None) is (after == "Remove")
     if after == "PowerOn":
-        assert not n.spec.unschedulable and "remediator.io/fencing:NoExecute" not in taint_keys(n)
+        assert not n.spec.unschedulable and "remediator.io/fencing:NoSchedule" not in taint_keys(n)
 
 
 def test_reboot_action_powers_back_on(
