@@ -177,7 +177,9 @@ def test_storm_holds_back_remediation_and_is_reported(lab: RunningLab, policies:
     hosts = ("lab-host-2", "lab-host-3")
     # The cooldown covers the heal below: one host is back a moment before the other, which ends
     # the storm while the other still looks unhealthy.
-    name = policies.create(duration="1s", stormCooldown="60s")
+    # A duration long enough for both nodes to turn Unknown before either counts as unhealthy: their
+    # leases lapse up to a renew interval apart, more on a loaded machine.
+    name = policies.create(duration="5s", stormCooldown="60s")
     wait_for(lambda: policies.status(name).get("observedNodes") == 3, 20, "the policy to observe 3 nodes")
     for host in hosts:
         _fail(lab, host, "kubelet-hang")
@@ -217,12 +219,12 @@ def _finished(policies: Policies, fence: str) -> dict[str, Any] | None:
 
 def test_flapping_node_is_not_fenced(lab: RunningLab, policies: Policies) -> None:
     host = "lab-host-3"
-    name = policies.create(duration="6s")
+    name = policies.create(duration="10s")
     wait_for(lambda: policies.status(name).get("observedNodes") == 3, 20, "the policy to observe 3 nodes")
-    # Two unhealthy spells of ~4 s each: 8 s in all, but never 6 s in a row.
+    # Two unhealthy spells of 5 s and a little more each: over 10 s in all, but never 10 s in a row.
     for _ in range(2):
         _fail(lab, host, "kubelet-hang")
-        wait_for(lambda: _unknown_for(lab, host, 3.5), 40, f"{host} Unknown for 3.5 s")
+        wait_for(lambda: _unknown_for(lab, host, 5.0), 40, f"{host} Unknown for 5 s")
         _heal_and_wait(lab, host)
     assert policies.fences(host, name) == []
     assert policies.status(name).get("remediations") == []
