@@ -482,7 +482,7 @@ class ScenarioRun:
                 if begin >= start:
                     tl.span(n, "down", begin, end, lane_kind="vm")
             info = self.result.vms.get(n)
-            if info:
+            if info and "runningAgainSeconds" in info:
                 tl.mark(
                     n,
                     "vm-running",

@@ -224,8 +224,10 @@ def test_flapping_node_is_not_fenced(lab: RunningLab, policies: Policies) -> Non
     # Two unhealthy spells of 5 s and a little more each: over 10 s in all, but never 10 s in a row.
     for _ in range(2):
         _fail(lab, host, "kubelet-hang")
-        wait_for(lambda: _unknown_for(lab, host, 5.0), 40, f"{host} Unknown for 5 s")
-        _heal_and_wait(lab, host)
+        try:
+            wait_for(lambda: _unknown_for(lab, host, 5.0), 40, f"{host} Unknown for 5 s")
+        finally:
+            _heal_and_wait(lab, host)
     assert policies.fences(host, name) == []
     assert policies.status(name).get("remediations") == []
 
