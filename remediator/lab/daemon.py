@@ -431,6 +431,8 @@ class LabDaemon:
                     request = self.commands.get(timeout=1.0)
                 except queue.Empty:
                     self._restart_crashed_controller()
+                    if self.fleet is not None:
+                        self.fleet.supervise()
                     continue
                 try:
                     reply = self.handle(request.body)

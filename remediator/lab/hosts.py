@@ -274,6 +274,14 @@ class HostFleet:
         for service in self.services:
             service.halt(host)
 
+    def supervise(self) -> None:
+        """Let each service restart what crashed on a powered host (about once a second)."""
+        for host in self.hosts.values():
+            for service in self.services:
+                supervise = getattr(service, "supervise", None)
+                if supervise is not None and host.powered:
+                    supervise(host)
+
     def agents(self, host: LabHost) -> list[ManagedProcess]:
         """The host's processes that talk to the control plane (besides its kubelet)."""
         found: list[ManagedProcess] = []

@@ -88,6 +88,11 @@ class VmHostService:
         # A stale socket from before a power cut would make the handler connect too early.
         daemon.socket_path.unlink(missing_ok=True)
         daemon.spawn()
+        self._start_handler(host)
+        self._start_controller()
+
+    def _start_handler(self, host: LabHost) -> None:
+        daemon = self.libvirtd(host.name)
         self.handlers[host.name] = self.supervisor.spawn(
             f"vmcore-handler-{host.name}",
             [
@@ -101,12 +106,25 @@ class VmHostService:
             ],
             self.paths.log(f"vmcore-handler-{host.name}"),
         )
+
+    def _start_controller(self) -> None:
         if self.controller is None or not self.controller.alive():
             self.controller = self.supervisor.spawn(
                 "vmcore-controller",
                 [sys.executable, "-m", "vmcore.controller", f"--kubeconfig={self.paths.kubeconfig}"],
                 self.paths.log("vmcore-controller"),
             )
+
+    def supervise(self, host: LabHost) -> None:
+        """Like a DaemonSet and a Deployment: start a crashed handler or controller again (a
+        powered host only; the lab calls this about once a second)."""
+        handler = self.handlers.get(host.name)
+        if host.powered and handler is not None and not handler.alive():
+            log.warning("%s; starting it again", handler.exit_summary())
+            self._start_handler(host)
+        if self.controller is not None and not self.controller.alive():
+            log.warning("%s; starting it again", self.controller.exit_summary())
+            self._start_controller()
 
     def halt(self, host: LabHost) -> None:
         self._drop_connection(host.name)
