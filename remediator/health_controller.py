@@ -1,8 +1,12 @@
 """The NodeHealthCheck controller: kopf glue around the pure policy in :mod:`remediator.health`.
 
 * Node events keep an in-memory index of :class:`~remediator.health.NodeView` (labels and condition
-  transitions only). An event that changes nothing the policy reads wakes nobody: at thousands of
-  nodes most events are heartbeats.
+  transitions only). An event that changes nothing a policy reads wakes nobody: at thousands of
+  nodes most events are heartbeats and status reports. What a policy reads is the node's labels and
+  the conditions whose (type, status) one of its ``unhealthyConditions`` names; a new
+  lastTransitionTime on any other condition (a kubelet or kwok re-reporting ``Ready=True``) is not.
+* Policy events wake every policy only when a policy appears, goes, or its spec changes
+  (``metadata.generation``): the daemons' own status patches come back as events too.
 * Fence events keep the outcome of every Fence a policy created, and wake that policy.
 * Lease events (only with ``--lease-fast-path``) record renew times without waking anyone: the
   policy computes when a lease would go stale and wakes itself then.
@@ -96,7 +100,18 @@ class HealthState:
     #: policy name -> (creation time, selector) for overlap detection
     policies: dict[str, tuple[datetime, health.LabelSelector]] = field(default_factory=dict)
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: policy name -> (metadata.generation, the (condition type, status) pairs its rules read)
+    rules: dict[str, tuple[Any, frozenset[tuple[str, str]]]] = field(default_factory=dict)
     dry_run: bool = False
+
+    def node_change_matters(self, old: NodeView | None, new: NodeView) -> bool:
+        """Whether a node's new view can change any policy's verdict (labels or watched conditions)."""
+        if old is None or old.labels != new.labels or not self.wakers.keys() <= self.rules.keys():
+            return True  # new node, new labels, or a running policy whose rules are not known yet
+        watched: set[tuple[str, str]] = set()
+        for _, pairs in self.rules.values():
+            watched |= pairs
+        return _watched_conditions(old, watched) != _watched_conditions(new, watched)
 
     def wake_all(self) -> None:
         for waker in self.wakers.values():
@@ -106,6 +121,20 @@ class HealthState:
         waker = self.wakers.get(policy)
         if waker is not None:
             waker.set()
+
+
+def _watched_conditions(view: NodeView, watched: set[tuple[str, str]]) -> set[tuple[str, str, datetime]]:
+    return {(kind, status, at) for kind, (status, at) in view.conditions.items() if (kind, status) in watched}
+
+
+def _rule_pairs(name: str, spec: Any) -> frozenset[tuple[str, str]]:
+    """The (type, status) pairs of a policy's unhealthyConditions; none for an invalid policy (its
+    daemon reports it Disabled whatever the nodes do)."""
+    try:
+        policy = health.parse_policy(name, dict(spec or {}))
+    except (ValueError, KeyError, TypeError):
+        return frozenset()
+    return frozenset((c.type, c.status) for c in policy.unhealthy_conditions)
 
 
 def _state(memo: Any) -> HealthState:
@@ -144,9 +173,11 @@ async def on_node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
             state.wake_all()
         return
     view = node_view(body, state.leases.get(name))
-    if state.nodes.get(name) != view:
+    old = state.nodes.get(name)
+    if old != view:
         state.nodes[name] = view
-        state.wake_all()
+        if state.node_change_matters(old, view):
+            state.wake_all()
 
 
 async def on_lease_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -212,10 +243,16 @@ async def on_policy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> No
     name = str(meta.get("name"))
     if event["type"] == "DELETED":
         state.policies.pop(name, None)
+        state.rules.pop(name, None)
     else:
+        generation = meta.get("generation")
+        known = state.rules.get(name)
+        if name in state.policies and known is not None and known[0] == generation:
+            return  # a status-only change (the daemon's own patches): nothing any policy reads
+        spec = body.get("spec") or {}
         created = _time(meta.get("creationTimestamp")) or datetime.now(UTC)
-        selector = health._parse_selector((body.get("spec") or {}).get("selector"))
-        state.policies[name] = (created, selector)
+        state.policies[name] = (created, health._parse_selector(spec.get("selector")))
+        state.rules[name] = (generation, _rule_pairs(name, spec))
     state.wake_all()
 
 
