@@ -302,7 +302,12 @@ def evaluate(  # noqa: PLR0912, PLR0915 - one pass over the rules reads best as 
     considered = [v for v in verdicts if v.state not in (NodeState.EXCLUDED, NodeState.OWNED_ELSEWHERE)]
     observed = len(considered)
     unhealthy = sum(1 for v in considered if v.state is NodeState.UNHEALTHY)
+    pending = sum(1 for v in considered if v.state is NodeState.PENDING)
     healthy = observed - unhealthy
+    # The storm gate also counts nodes whose unhealthy condition has not lasted its duration yet:
+    # nodes that fail together do not cross their durations in the same instant, and the first of
+    # them must not be fenced just because the others are a second behind.
+    failing = unhealthy + pending
 
     # Follow up on remediations already made.
     remediations: dict[str, Remediation] = {}
@@ -343,9 +348,9 @@ def evaluate(  # noqa: PLR0912, PLR0915 - one pass over the rules reads best as 
     # The storm gate.
     storm = False
     if policy.min_healthy is not None:
-        storm = healthy < policy.min_healthy.scaled(observed, round_up=True)
+        storm = observed - failing < policy.min_healthy.scaled(observed, round_up=True)
     elif policy.max_unhealthy is not None:
-        storm = unhealthy > policy.max_unhealthy.scaled(observed, round_up=False)
+        storm = failing > policy.max_unhealthy.scaled(observed, round_up=False)
     storm_started = storm and not memory.storm_active
     storm_ended = memory.storm_active and not storm
     storm_ended_at = now if storm_ended else memory.storm_ended_at
@@ -356,7 +361,11 @@ def evaluate(  # noqa: PLR0912, PLR0915 - one pass over the rules reads best as 
             if policy.min_healthy is not None
             else f"maxUnhealthy {policy.max_unhealthy}"
         )
-        blocked = f"StormActive: {unhealthy} of {observed} nodes unhealthy, {healthy} healthy ({limit})"
+        blocked = (
+            f"StormActive: {unhealthy} of {observed} nodes unhealthy"
+            + (f" and {pending} about to be" if pending else "")
+            + f", {observed - failing} healthy ({limit})"
+        )
     elif storm_ended_at is not None and now - storm_ended_at < policy.storm_cooldown:
         cooldown_end = storm_ended_at + policy.storm_cooldown
         blocked = f"StormCooldown: remediation resumes at {cooldown_end.isoformat()}"

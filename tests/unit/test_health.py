@@ -126,6 +126,16 @@ def test_storm_gate(gate: dict[str, object], failing: int, allowed: bool) -> Non
         assert verdict.storm_started and verdict.memory.storm_active
 
 
+def test_nodes_failing_together_are_a_storm_before_their_durations_elapse() -> None:
+    # a crossed its duration; b failed a second later and has not yet: 2 of 3 failing is a storm.
+    nodes = [node("a", "Unknown", 10.5), node("b", "Unknown", 9.5), node("c")]
+    verdict = evaluate(policy(), nodes, Memory(), NOW)
+    assert verdict.create == ()
+    assert (
+        verdict.blocked == "StormActive: 1 of 3 nodes unhealthy and 1 about to be, 1 healthy (minHealthy 51%)"
+    )
+
+
 def test_storm_cooldown_then_resume() -> None:
     p = policy(storm_cooldown=20 * S)
     storm = Memory(storm_active=True)

@@ -189,7 +189,15 @@ def test_storm_holds_back_remediation_and_is_reported(lab: RunningLab, policies:
             60,
             "StormActive",
         )
-        assert "2 of 3 nodes unhealthy" in storm["message"]
+        assert "of 3 nodes unhealthy" in storm["message"]
+        # Once both have been unhealthy for the whole duration, the message says so.
+        wait_for(
+            lambda: (
+                "2 of 3 nodes unhealthy" in (policies.condition(name, "StormActive") or {}).get("message", "")
+            ),
+            30,
+            "both nodes counted unhealthy",
+        )
         # Both nodes stay unhealthy past the duration and no Fence appears for either.
         wait_for(lambda: policies.status(name).get("unhealthyNodes") == 2, 30, "2 unhealthy nodes")
         assert policies.fences("lab-host-2", name) == [] and policies.fences("lab-host-3", name) == []
