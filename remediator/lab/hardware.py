@@ -9,7 +9,6 @@ from libvirt (not polling) tell the lab daemon when a host lost or regained powe
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from typing import Any
 import libvirt
 
 from remediator.errors import LabError
-from remediator.lab.libvirtd import LabLibvirtd, kvm_usable
+from remediator.lab.libvirtd import LabLibvirtd
 from remediator.lab.procs import Supervisor
+from vmcore.virt import ensure_event_loop, kvm_usable
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +44,6 @@ HOST_DOMAIN_XML = """\
 </domain>
 """
 
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-
-
-def _ensure_event_loop() -> None:
-    """libvirt's default event loop, run by one thread for the whole process."""
-    global _event_loop_started  # noqa: PLW0603 - libvirt's event implementation is process-wide
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _event_loop_started = True
-
 
 class Hardware:
     """Host domains in the lab's hardware libvirtd, and their power events."""
@@ -81,7 +62,7 @@ class Hardware:
         self.daemon.spawn()
 
     def connect(self) -> None:
-        _ensure_event_loop()
+        ensure_event_loop()
         self._conn = self.daemon.connect()
         self._conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None

@@ -24,7 +24,6 @@ daemon, which libvirt revalidates against the qemu binary and its own version be
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -64,22 +63,6 @@ remember_owner = 0
 security_driver = "none"
 stdio_handler = "file"
 """
-
-
-def kvm_usable() -> bool:
-    """Whether /dev/kvm can be opened and answers (otherwise guests run under TCG)."""
-    import fcntl
-
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _capabilities_cache() -> Path:

@@ -12,11 +12,11 @@ from typing import Any
 
 from remediator.errors import ConfigError, LabError
 from remediator.lab import binaries, client
-from remediator.lab.libvirtd import kvm_usable
 from remediator.lab.scenarios import SCENARIOS, Lab, ScenarioResult, ScenarioRun, summarize
 from remediator.lab.state import LabPaths, default_state_dir
 from remediator.lab.timers import LabTimers
 from remediator.progress import ProgressLine
+from vmcore.virt import kvm_usable
 
 MIN_FREE_DISK = 1 << 30  # a lab needs about 1 GiB besides the cached binaries
 
