@@ -37,13 +37,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
 from remediator.errors import LabError
+from remediator.lab.controlplane import free_ports
 from remediator.lab.pki import CertificateAuthority
 from remediator.lab.procs import ManagedProcess, Supervisor
 
@@ -56,13 +57,6 @@ PASSWORD_ENV = "REMEDIATOR_BMC_PASSWORD"  # noqa: S105 - the name of a variable,
 # --- small helpers -------------------------------------------------------------------------------
 
 
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LISTEN_IP, 0))
-        return int(s.getsockname()[1])
-
-
 def write_htpasswd(path: Path, username: str, password: str, *, rounds: int = 4) -> None:
     """An Apache-style htpasswd file with one bcrypt entry (low cost: labs need fast requests)."""
     import bcrypt
@@ -71,17 +65,6 @@ def write_htpasswd(path: Path, username: str, password: str, *, rounds: int = 4)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{username}:{digest}\n")
     path.chmod(0o600)
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, *, interval: float = 0.05, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until true; raise :class:`LabError` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise LabError("wait", f"{what} not reached within {timeout:g}s")
-        time.sleep(interval)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -189,7 +172,7 @@ class SushyEmulator:
         self._ca = ca
         self.libvirt_uri = libvirt_uri
         self.fake_systems = [dict(s) for s in fake_systems] if fake_systems is not None else None
-        self.port = port or free_tcp_port()
+        self.port = port or free_ports(1)[0]
         self.log_path = self.state_dir / "sushy.log"
         self.ca_file = self.state_dir / "ca.crt"
         self._supervisor = supervisor
