@@ -29,6 +29,7 @@ from remediator.fencing.verify import (
     reboot_verified,
 )
 from remediator.lab.bmc import ScriptedRedfishBmc, ScriptedSystem, SushyEmulator
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,12 +87,16 @@ def test_unknown_system_path(sushy_libvirt: SushyEmulator, creds: Credentials, c
 
 
 def test_slow_bmc_is_waited_for(sushy_fake: SushyEmulator, creds: Credentials, ca_file: str) -> None:
-    """The fake driver applies power changes after 1-11 s: the verify loop must keep polling."""
+    """The fake driver applies a power change at ``int(now) + randint(1, 11)``: the verify loop must
+    keep polling until then."""
     path = next(
         p for p in sushy_fake.system_paths() if p.endswith((sushy_fake.fake_systems or [])[1]["uuid"])
     )
     with _driver(sushy_fake.address(path), creds, ca_file=ca_file) as drv:
         assert drv.power_state() is PowerState.OFF
+        # Its delay counts from the start of the current second: send the command early in a second
+        # so that the change lands at least 0.9 s later.
+        wait_for(lambda: time.time() % 1 < 0.05, 2, "the start of a second", interval=0.005)
         result = power_on_verified(drv, 20)
         assert result.state is PowerState.ON and result.elapsed >= 0.9
         # Proportional back-off: reads every 50 ms for the first half second, then every tenth of
