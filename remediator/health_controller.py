@@ -392,12 +392,13 @@ async def _evaluate_once(
     )
     storm = memory.storm_active
     blocked = verdict.blocked or ""
+    cooling_down = not storm and blocked.startswith("StormCooldown")
     status["conditions"] = [
         _condition(
             "StormActive",
             "True" if storm else "False",
-            "TooManyUnhealthy" if storm else "WithinLimits",
-            blocked if storm else f"{verdict.healthy} of {verdict.observed} nodes healthy",
+            "TooManyUnhealthy" if storm else "CoolingDown" if cooling_down else "WithinLimits",
+            blocked if storm or cooling_down else f"{verdict.healthy} of {verdict.observed} nodes healthy",
             generation,
             now,
         ),

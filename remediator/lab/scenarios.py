@@ -326,8 +326,14 @@ class ScenarioRun:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-        # The next run must not find this one's remediation still in its healthy delay.
-        _wait(lambda: not self.lab.policy_status().get("remediations"), "the policy to settle", 120)
+        # The next run must not find this one's remediation still in its healthy delay, nor the
+        # policy still cooling down after a storm.
+        _wait(self._policy_settled, "the policy to settle", 120)
+
+    def _policy_settled(self) -> bool:
+        status = self.lab.policy_status()
+        storm = next((c for c in status.get("conditions", []) if c["type"] == "StormActive"), None)
+        return not status.get("remediations") and (storm is None or storm.get("reason") == "WithinLimits")
 
     # --- the run --------------------------------------------------------------------------------
 

@@ -204,11 +204,13 @@ def test_storm_holds_back_remediation_and_is_reported(lab: RunningLab, policies:
         assert any(e.startswith("StormActive:") for e in _events(lab, name))
     finally:
         _heal_and_wait(lab, *hosts)
-    wait_for(
-        lambda: (c := policies.condition(name, "StormActive")) and c["status"] == "False",
+    ended = wait_for(
+        lambda: (c := policies.condition(name, "StormActive")) and c["status"] == "False" and c,
         30,
         "the storm to end",
     )
+    # The cooldown is under way and the condition says until when.
+    assert ended["reason"] == "CoolingDown" and "remediation resumes at" in ended["message"]
     assert policies.fences("lab-host-2", name) == [] and policies.fences("lab-host-3", name) == []
 
 
