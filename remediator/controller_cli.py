@@ -129,6 +129,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
     for handler in logging.getLogger().handlers:
         handler.setLevel(args.log_level.upper())
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # "Handler 'nhc-fences' succeeded" for every watched event: noise, and CPU at scale. The
+        # controller logs what it does itself; kopf's warnings and errors still come through.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig is not None:
         if not args.kubeconfig.exists():
             raise ConfigError(f"kubeconfig {args.kubeconfig} does not exist")

@@ -1,15 +1,20 @@
 """The NodeHealthCheck controller: kopf glue around the pure policy in :mod:`remediator.health`.
 
-* Node events keep an in-memory index of :class:`~remediator.health.NodeView` (labels and condition
-  transitions only). An event that changes nothing a policy reads wakes nobody: at thousands of
+* Nodes are watched by a lean :class:`~remediator.listwatch.ListWatch` (not kopf: at thousands of
+  nodes kopf's per-event cost is most of a core) that keeps an in-memory index of
+  :class:`~remediator.health.NodeView` (labels and condition transitions only) and passes on only
+  views that changed. A change that touches nothing a policy reads wakes nobody: at thousands of
   nodes most events are heartbeats and status reports. What a policy reads is the node's labels and
   the conditions whose (type, status) one of its ``unhealthyConditions`` names; a new
   lastTransitionTime on any other condition (a kubelet or kwok re-reporting ``Ready=True``) is not.
+  No policy is evaluated before the first full list of nodes (and leases) has arrived: a partial
+  view could hide a storm.
 * Policy events wake every policy only when a policy appears, goes, or its spec changes
   (``metadata.generation``): the daemons' own status patches come back as events too.
 * Fence events keep the outcome of every Fence a policy created, and wake that policy.
-* Lease events (only with ``--lease-fast-path``) record renew times without waking anyone: the
-  policy computes when a lease would go stale and wakes itself then.
+* Leases in ``kube-node-lease`` (only with ``--lease-fast-path``), watched the same way, record
+  renew times without waking anyone: the policy computes when a lease would go stale and wakes
+  itself then.
 * One async kopf daemon per NodeHealthCheck evaluates the policy, creates Fences, posts Events,
   updates metrics and status, then sleeps until the exact moment something can change (the
   verdict's ``requeue_after``) or until an event wakes it -- no polling.
@@ -22,6 +27,7 @@ recording it in status adopts the Fence instead of creating a second one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -35,6 +41,7 @@ from kubernetes.client.exceptions import ApiException
 
 from remediator import health, kube, metrics
 from remediator.health import FenceOutcome, NodeView, Remediation
+from remediator.listwatch import ListWatch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ SIGNALS_ANNOTATION = "remediator.io/signals"
 UNHEALTHY_SINCE_ANNOTATION = "remediator.io/unhealthy-since"
 #: A full re-evaluation at least this often, whatever happens (a safety net, not the mechanism).
 RESYNC_SECONDS = 300.0
+#: A Fence the API refused to create is tried again this soon.
+CREATE_RETRY_SECONDS = 2.0
 
 
 def _time(value: Any) -> datetime | None:
@@ -103,6 +112,12 @@ class HealthState:
     #: policy name -> (metadata.generation, the (condition type, status) pairs its rules read)
     rules: dict[str, tuple[Any, frozenset[tuple[str, str]]]] = field(default_factory=dict)
     dry_run: bool = False
+    watches: list[ListWatch[Any]] = field(default_factory=list)
+
+    async def wait_synced(self) -> None:
+        """Until every watch delivered its first full list."""
+        for watch in self.watches:
+            await watch.synced.wait()
 
     def node_change_matters(self, old: NodeView | None, new: NodeView) -> bool:
         """Whether a node's new view can change any policy's verdict (labels or watched conditions)."""
@@ -147,54 +162,81 @@ def _state(memo: Any) -> HealthState:
 
 def register(registry: kopf.OperatorRegistry, *, lease_fast_path: bool) -> None:
     """Add the NodeHealthCheck handlers to ``registry`` (leases only when the fast path is wanted)."""
-    kopf.on.event("", "v1", "nodes", id="nhc-nodes", registry=registry)(on_node_event)
+    kopf.on.startup(id="nhc-watches", registry=registry)(
+        functools.partial(start_watches, lease_fast_path=lease_fast_path)
+    )
+    kopf.on.cleanup(id="nhc-watches-stop", registry=registry)(stop_watches)
     kopf.on.event(GROUP, VERSION, FENCE_PLURAL, id="nhc-fences", registry=registry)(on_fence_event)
     kopf.on.event(GROUP, VERSION, NHC_PLURAL, id="nhc-policy-changed", registry=registry)(on_policy_event)
     kopf.daemon(
         GROUP, VERSION, NHC_PLURAL, id="nodehealthcheck", cancellation_timeout=5.0, registry=registry
     )(policy_daemon)
+
+
+async def start_watches(memo: kopf.Memo, lease_fast_path: bool, **_: Any) -> None:
+    """Start the node (and lease) watches; the policies wait until they have listed everything."""
+    state = _state(memo)
+    loop = asyncio.get_running_loop()
+    core = client.CoreV1Api(state.api)
+    state.watches.append(
+        ListWatch(core.list_node, node_view, functools.partial(apply_nodes, state), loop, name="nodes")
+    )
     if lease_fast_path:
-        kopf.on.event(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            id="nhc-leases",
-            registry=registry,
-            when=lambda namespace, **_: namespace == "kube-node-lease",
-        )(on_lease_event)
+        leases = client.CoordinationV1Api(state.api)
+        state.watches.append(
+            ListWatch(
+                functools.partial(leases.list_namespaced_lease, "kube-node-lease"),
+                lease_renew_time,
+                functools.partial(apply_leases, state),
+                loop,
+                name="node leases",
+            )
+        )
+    for watch in state.watches:
+        watch.start()
 
 
-async def on_node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    state = _state(memo)
-    body = event["object"]
-    name = str((body.get("metadata") or {}).get("name"))
-    if event["type"] == "DELETED":
-        if state.nodes.pop(name, None) is not None:
-            state.wake_all()
-        return
-    view = node_view(body, state.leases.get(name))
-    old = state.nodes.get(name)
-    if old != view:
-        state.nodes[name] = view
-        if state.node_change_matters(old, view):
-            state.wake_all()
+async def stop_watches(memo: kopf.Memo, **_: Any) -> None:
+    for watch in _state(memo).watches:
+        await asyncio.to_thread(watch.stop)
 
 
-async def on_lease_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    state = _state(memo)
-    body = event["object"]
-    name = str((body.get("metadata") or {}).get("name"))
-    renewed = _time((body.get("spec") or {}).get("renewTime"))
-    if renewed is None or event["type"] == "DELETED":
-        return
-    first = name not in state.leases
-    state.leases[name] = renewed
-    node = state.nodes.get(name)
-    if node is not None:
-        # Policies compute when this lease goes stale and wake themselves; only a first sighting wakes.
-        state.nodes[name] = replace(node, lease_renewed_at=renewed)
-        if first:
-            state.wake_all()
+def lease_renew_time(body: dict[str, Any]) -> datetime | None:
+    return _time((body.get("spec") or {}).get("renewTime"))
+
+
+def apply_nodes(state: HealthState, changes: dict[str, NodeView | None]) -> None:
+    """Node views that changed (None: the node is gone); wakes the policies when one matters."""
+    wake = False
+    for name, changed in changes.items():
+        if changed is None:
+            wake = state.nodes.pop(name, None) is not None or wake
+            continue
+        lease = state.leases.get(name)
+        view = changed if lease is None else replace(changed, lease_renewed_at=lease)
+        old = state.nodes.get(name)
+        if old != view:
+            state.nodes[name] = view
+            wake = wake or state.node_change_matters(old, view)
+    if wake:
+        state.wake_all()
+
+
+def apply_leases(state: HealthState, changes: dict[str, datetime | None]) -> None:
+    """Lease renew times. Policies compute when a lease goes stale and wake themselves; only a
+    lease seen for the first time wakes them."""
+    first = False
+    for name, renewed in changes.items():
+        if renewed is None:
+            state.leases.pop(name, None)
+            continue
+        first = first or name not in state.leases
+        state.leases[name] = renewed
+        node = state.nodes.get(name)
+        if node is not None:
+            state.nodes[name] = replace(node, lease_renewed_at=renewed)
+    if first:
+        state.wake_all()
 
 
 async def on_fence_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -267,6 +309,7 @@ async def policy_daemon(
     memory = health.memory_from_status(dict(body.get("status") or {}))
     last_status: dict[str, Any] | None = None
     try:
+        await _until_synced(state, stopped)
         while not stopped:
             waker.clear()
             started = time.monotonic()
@@ -279,6 +322,16 @@ async def policy_daemon(
             await _sleep_until_woken(waker, stopped, timeout)
     finally:
         state.wakers.pop(name, None)
+
+
+async def _until_synced(state: HealthState, stopped: kopf.DaemonStopped) -> None:
+    synced = asyncio.ensure_future(state.wait_synced())
+    stop_task = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({synced, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (synced, stop_task):
+            task.cancel()
 
 
 async def _sleep_until_woken(waker: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
@@ -342,9 +395,9 @@ async def _evaluate_once(
             message=f"node {rem.node} is healthy (Fence {rem.fence})",
         )
     unhealthy_since = {v.node: v.unhealthy_since for v in verdict.nodes if v.unhealthy_since}
-    created: dict[str, str] = {}
-    for create in verdict.create:
-        if state.dry_run:
+    requeue = verdict.requeue_after
+    if state.dry_run:
+        for create in verdict.create:
             await _event(
                 state,
                 body,
@@ -352,24 +405,24 @@ async def _evaluate_once(
                 reason="WouldFence",
                 message=f"dry run: would fence {create.node}: {create.reason}",
             )
-            continue
-        fence = await asyncio.to_thread(
-            _create_or_adopt_fence, state.api, name, body, create, unhealthy_since.get(create.node) or now
+    elif verdict.create:
+        # Nodes that crossed their durations together get their Fences together, not one by one.
+        results = await asyncio.gather(
+            *(
+                _create_fence(state, name, body, create, unhealthy_since.get(create.node) or now)
+                for create in verdict.create
+            )
         )
-        created[create.node] = fence
+        fences = {create.node: fence for create, fence in zip(verdict.create, results, strict=True) if fence}
         memory = replace(
             memory,
-            remediations={**memory.remediations, create.node: Remediation(create.node, fence, now)},
+            remediations={
+                **memory.remediations,
+                **{node: Remediation(node, fence, now) for node, fence in fences.items()},
+            },
         )
-        state.fences.setdefault(fence, (name, create.node, FenceOutcome.ACTIVE))
-        metrics.REMEDIATIONS.labels(name, "started").inc()
-        await _event(
-            state,
-            body,
-            "Normal",
-            reason="FenceCreated",
-            message=f"node {create.node}: Fence {fence} ({create.reason})",
-        )
+        if len(fences) < len(verdict.create):
+            requeue = min(requeue, CREATE_RETRY_SECONDS) if requeue is not None else CREATE_RETRY_SECONDS
     metrics.UNHEALTHY_NODES.labels(name).set(verdict.unhealthy)
     metrics.STORM_ACTIVE.labels(name).set(1 if memory.storm_active else 0)
 
@@ -413,7 +466,7 @@ async def _evaluate_once(
     ]
     if owned_elsewhere:
         status["overlapping"] = sorted(owned_elsewhere)
-    return memory, status, verdict.requeue_after
+    return memory, status, requeue
 
 
 def _owned_elsewhere(state: HealthState, name: str, nodes: list[NodeView]) -> frozenset[str]:
@@ -473,6 +526,35 @@ def _patch_status(api: Any, name: str, status: dict[str, Any]) -> None:
     except ApiException as exc:
         if exc.status != 404:  # deleted meanwhile
             raise
+
+
+async def _create_fence(
+    state: HealthState, policy: str, body: Any, create: health.CreateFence, unhealthy_since: datetime
+) -> str | None:
+    """Create (or adopt) one node's Fence and say so in an Event; None when the API refused."""
+    try:
+        fence = await asyncio.to_thread(
+            _create_or_adopt_fence, state.api, policy, body, create, unhealthy_since
+        )
+    except ApiException as exc:
+        log.warning(
+            "policy %s: could not create a Fence for node %s (%s); trying again in %gs",
+            policy,
+            create.node,
+            kube.api_error_message(exc),
+            CREATE_RETRY_SECONDS,
+        )
+        return None
+    state.fences.setdefault(fence, (policy, create.node, FenceOutcome.ACTIVE))
+    metrics.REMEDIATIONS.labels(policy, "started").inc()
+    await _event(
+        state,
+        body,
+        "Normal",
+        reason="FenceCreated",
+        message=f"node {create.node}: Fence {fence} ({create.reason})",
+    )
+    return fence
 
 
 def _create_or_adopt_fence(

@@ -53,6 +53,7 @@ ACCESS: list[tuple[str, str, str, str, str, str, bool]] = [
     (CONTROLLER, "delete", "cluster.x-k8s.io", "machines", "capi", "", True),  # machineAPI.enabled
     (CONTROLLER, "watch", "coordination.k8s.io", "leases", "kube-node-lease", "", True),  # fast path
     (CONTROLLER, "patch", "coordination.k8s.io", "leases", "kube-node-lease", "", False),
+    (CONTROLLER, "watch", "coordination.k8s.io", "leases", "kube-system", "", False),  # only node leases
     # ... its own namespace: Secrets by name, its Lease, Events
     (CONTROLLER, "get", "", "secrets", NAMESPACE, "bmc-worker-1", True),
     (CONTROLLER, "list", "", "secrets", NAMESPACE, "", False),
