@@ -717,6 +717,11 @@ def print_details(results: list[SizeResult], options: Options) -> None:
         print(f"  {r.nodes} nodes: {steps}")
         others = ", ".join(f"{k} {v:.0f}%" for k, v in r.others_cpu_percent.items())
         print(f"    idle window {r.idle_seconds:.0f}s; other processes' CPU (% of a core): {others}")
+        if r.idle_node_events:
+            # kwok's status reports come in waves, so node events/s differ from run to run: the
+            # controller's CPU per node event is the figure that carries over to another rate.
+            per_event = r.idle_cpu_percent / 100 * r.idle_seconds / r.idle_node_events * 1000
+            print(f"    controller CPU per node event while idle: {per_event:.2f} ms (all its work / events)")
         print(
             f"    controller peak RSS (VmHWM) {r.peak_rss_mb:.1f} MB while idle, "
             f"{r.peak_rss_after_mb:.1f} MB at the end"
