@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -531,12 +532,13 @@ def _patch_status(api: Any, name: str, status: dict[str, Any]) -> None:
 async def _create_fence(
     state: HealthState, policy: str, body: Any, create: health.CreateFence, unhealthy_since: datetime
 ) -> str | None:
-    """Create (or adopt) one node's Fence and say so in an Event; None when the API refused."""
+    """Create (or adopt) one node's Fence and say so in an Event; None when the API refused or
+    could not be reached."""
     try:
         fence = await asyncio.to_thread(
             _create_or_adopt_fence, state.api, policy, body, create, unhealthy_since
         )
-    except ApiException as exc:
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
         log.warning(
             "policy %s: could not create a Fence for node %s (%s); trying again in %gs",
             policy,
