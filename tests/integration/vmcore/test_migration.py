@@ -276,9 +276,16 @@ def test_drain(
         _cordon(lab, node, False)
     assert new_node != node
     vm = get_vm(lab, namespace, "drained")
-    migrations: Any = custom(lab).list_namespaced_custom_object(
-        vapi.GROUP, vapi.VERSION, namespace, vapi.MIGRATION_PLURAL
-    )
+
+    def migrations_done() -> Any:
+        found: Any = custom(lab).list_namespaced_custom_object(
+            vapi.GROUP, vapi.VERSION, namespace, vapi.MIGRATION_PLURAL
+        )
+        done = all(m.get("status", {}).get("phase") in ("Succeeded", "Failed") for m in found["items"])
+        return found if done else None
+
+    # The VM shows its new node a moment before its migration records Succeeded (two objects).
+    migrations = wait_for(migrations_done, 20, "the drain's migrations to finish")
     phases = [m.get("status", {}).get("phase") for m in migrations["items"]]
     if moves_live:
         assert answers[0] == 429  # the PDB holds the eviction while vmcore migrates
