@@ -296,7 +296,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class TestNode:
+class NodeUnderTest:
     """A Node object for one test, with a NodeFencing; deleted (with its Fences) afterwards."""
 
     def __init__(self, lab: RunningLab, name: str, system_uuid: str) -> None:
@@ -306,7 +306,7 @@ class TestNode:
         self.boot_id = str(uuid.uuid4())
         self.custom = client.CustomObjectsApi(lab.api)
 
-    def create(self) -> TestNode:
+    def create(self) -> NodeUnderTest:
         self.lab.core.create_node(
             {"metadata": {"name": self.name, "labels": {"remediator.io/test": "fence"}}}
         )
@@ -359,15 +359,15 @@ class TestNode:
             self.lab.core.delete_node(self.name)
 
 
-MakeNode = Callable[[str], "TestNode"]
+MakeNode = Callable[[str], "NodeUnderTest"]
 
 
 @pytest.fixture
 def make_node(lab: RunningLab, crds: None) -> Iterator[MakeNode]:
-    made: list[TestNode] = []
+    made: list[NodeUnderTest] = []
 
-    def make(system_uuid: str) -> TestNode:
-        node = TestNode(lab, f"fence-{uuid.uuid4().hex[:6]}", system_uuid).create()
+    def make(system_uuid: str) -> NodeUnderTest:
+        node = NodeUnderTest(lab, f"fence-{uuid.uuid4().hex[:6]}", system_uuid).create()
         made.append(node)
         return node
 
@@ -379,7 +379,7 @@ def make_node(lab: RunningLab, crds: None) -> Iterator[MakeNode]:
 class HostAgent:
     """Plays a host's kubelet: heartbeats Ready while the BMC says on; a new boot ID after being off."""
 
-    def __init__(self, node: TestNode, is_on: Callable[[], bool], interval: float = 0.3) -> None:
+    def __init__(self, node: NodeUnderTest, is_on: Callable[[], bool], interval: float = 0.3) -> None:
         self.node = node
         self.is_on = is_on
         self.interval = interval

@@ -19,7 +19,7 @@ from tests.integration.controller.conftest import (
     SECRET,
     Controller,
     MakeNode,
-    TestNode,
+    NodeUnderTest,
     create_fence,
     fence_events,
     fence_status,
@@ -35,14 +35,14 @@ from tests.integration.controller.conftest import (
 pytestmark = pytest.mark.integration
 
 
-def _assert_untouched(node: TestNode) -> None:
+def _assert_untouched(node: NodeUnderTest) -> None:
     n = node.read()
     ours = {k for k in taint_keys(n) if k.startswith(("remediator.io/", "node.kubernetes.io/out-of-service"))}
     assert not n.spec.unschedulable and not ours, "the node must not have been changed"
 
 
 def _assert_isolated_not_released(
-    lab: RunningLab, node: TestNode, namespace: str | None = None, pod: str | None = None
+    lab: RunningLab, node: NodeUnderTest, namespace: str | None = None, pod: str | None = None
 ) -> None:
     n = node.read()
     keys = taint_keys(n)
