@@ -29,6 +29,7 @@ Prints a table (nodes, RSS, idle CPU, delay p50/p99/max) and the growth from the
 largest size. A benchmark, not a test: it asserts nothing about the figures.
 
     .venv/bin/python bench/scale.py [--nodes 1000,5000] [--duration 5] [--idle 30] [--profile DIR]
+                                    [--lease-fast-path]
 """
 
 from __future__ import annotations
@@ -274,7 +275,12 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def health_check(duration: float) -> dict[str, Any]:
+#: With --lease-fast-path: longer than any run, so detection stays with Ready=Unknown and the figures
+#: show what watching every node Lease costs.
+LEASE_STALE_AFTER = "30m"
+
+
+def health_check(duration: float, lease_fast_path: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "NodeHealthCheck",
@@ -285,6 +291,7 @@ def health_check(duration: float) -> dict[str, Any]:
             "minHealthy": "51%",
             "fenceTemplate": {"action": "Off", "afterFence": "Keep"},
             "escalationTimeout": "10m",
+            **({"leaseStaleAfter": LEASE_STALE_AFTER} if lease_fast_path else {}),
         },
     }
 
@@ -391,6 +398,7 @@ class Options:
     workers: int
     profile: Path | None
     keep: bool
+    lease_fast_path: bool = False
 
 
 @dataclass
@@ -498,6 +506,7 @@ class SizeRun:
             f"--namespace={NAMESPACE}",
             f"--identity={IDENTITY}",
             "--metrics-port=0",
+            *(["--lease-fast-path"] if self.options.lease_fast_path else []),
         ]
         self.controller = self.supervisor.spawn("controller", argv, self.paths.log("controller"))
         wait_for_leader(api, NAMESPACE, IDENTITY, self.controller)
@@ -540,7 +549,8 @@ class SizeRun:
 
         started = time.monotonic()
         controller = self.start_controller(api)
-        custom.create_cluster_custom_object(GROUP, VERSION, "nodehealthchecks", health_check(opts.duration))
+        policy = health_check(opts.duration, opts.lease_fast_path)
+        custom.create_cluster_custom_object(GROUP, VERSION, "nodehealthchecks", policy)
         self.wait_observed(custom, timeout=300)
         self._timed("controller observes all", started)
         seconds = self.setup["controller observes all"]
@@ -759,6 +769,12 @@ def print_details(results: list[SizeResult], options: Options) -> None:
         f"  policy: Ready=Unknown for {options.duration:g}s, minHealthy 51%; "
         f"{100 / options.fail_every:g}% of nodes fail (their kwok is killed)"
     )
+    if options.lease_fast_path:
+        print(
+            f"  --lease-fast-path: the controller also watches every node Lease (about N/"
+            f"{options.lease_duration / 4:g} renewals/s); leaseStaleAfter {LEASE_STALE_AFTER}, so detection "
+            "still comes from Ready=Unknown"
+        )
     print(
         f"  kcm: node-monitor-grace-period {options.grace:g}s, period 1s; "
         f"kwok: lease {options.lease_duration}s "
@@ -825,6 +841,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=16, help="threads creating nodes")
     parser.add_argument("--profile", type=Path, help="run the controller under cProfile; .prof files here")
     parser.add_argument("--keep", action="store_true", help="keep the work directories (logs)")
+    parser.add_argument(
+        "--lease-fast-path",
+        action="store_true",
+        help="run the controller with --lease-fast-path (it also watches every node Lease)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.fail_percent <= 50:
         parser.error("--fail-percent must be in (0, 50]")
@@ -837,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         profile=args.profile,
         keep=args.keep,
+        lease_fast_path=args.lease_fast_path,
     )
     binaries = find_binaries()
     started = time.monotonic()

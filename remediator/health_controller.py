@@ -56,6 +56,9 @@ SIGNALS_ANNOTATION = "remediator.io/signals"
 UNHEALTHY_SINCE_ANNOTATION = "remediator.io/unhealthy-since"
 #: A full re-evaluation at least this often, whatever happens (a safety net, not the mechanism).
 RESYNC_SECONDS = 300.0
+#: Lease renewals reach the policies in batches this far apart: thousands of kubelets renew every
+#: few seconds, and leaseStaleAfter is many seconds (a renewal seen this much late does not matter).
+LEASE_BATCH_SECONDS = 0.5
 #: A Fence the API refused to create is tried again this soon.
 CREATE_RETRY_SECONDS = 2.0
 
@@ -191,6 +194,7 @@ async def start_watches(memo: kopf.Memo, lease_fast_path: bool, **_: Any) -> Non
                 functools.partial(apply_leases, state),
                 loop,
                 name="node leases",
+                coalesce_seconds=LEASE_BATCH_SECONDS,
             )
         )
     for watch in state.watches:

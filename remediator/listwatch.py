@@ -10,7 +10,10 @@ policy reads. :class:`ListWatch` instead runs in a thread of its own:
 * a ``reduce`` function turns each object into the little its consumer reads (for a Node: labels and
   condition transitions), and only reductions that differ from the last one known are passed on;
 * changes are handed to the consumer's asyncio loop in batches (``deliver``, called in the loop):
-  while the loop is busy, further changes join the pending batch instead of queueing callbacks;
+  while the loop is busy, further changes join the pending batch instead of queueing callbacks, and
+  with ``coalesce_seconds`` a batch is delivered that long after its first change (for kinds that
+  change all the time and are read late anyway, like Lease renewals: one wake-up of the loop per
+  batch instead of per event);
 * after every (re)list the consumer gets the full difference, objects gone included, and ``synced``
   is set once the first list has been delivered -- a consumer must not judge the collection before;
 * a watch that expires (410 Gone) is re-listed at once; connection and API errors are retried with
@@ -62,12 +65,14 @@ class ListWatch(Generic[T]):
         loop: asyncio.AbstractEventLoop,
         *,
         name: str,
+        coalesce_seconds: float = 0.0,
     ) -> None:
         self.list_call = list_call
         self.reduce = reduce
         self.deliver = deliver
         self.loop = loop
         self.name = name
+        self.coalesce_seconds = coalesce_seconds
         #: Set (in the loop) once the first full list has been delivered.
         self.synced = asyncio.Event()
         self.known: dict[str, T] = {}
@@ -206,7 +211,11 @@ class ListWatch(Generic[T]):
                 return
             self._scheduled = True
         try:
-            self.loop.call_soon_threadsafe(self._flush, synced)
+            if self.coalesce_seconds > 0 and not synced:
+                later = self.loop.call_later
+                self.loop.call_soon_threadsafe(later, self.coalesce_seconds, self._flush, False)
+            else:
+                self.loop.call_soon_threadsafe(self._flush, synced)
         except RuntimeError:  # the loop is closed: the controller is stopping
             self._stop.set()
 

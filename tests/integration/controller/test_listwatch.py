@@ -134,3 +134,45 @@ def test_list_watch_skips_objects_it_cannot_reduce(
         assert received.changes(test_nodes[1]) and received.changes(test_nodes[1])[-1] is not None
     finally:
         watch.stop()
+
+
+def test_coalesced_changes_arrive_together_and_not_before_the_window(
+    lab: RunningLab, loop: asyncio.AbstractEventLoop, test_nodes: list[str]
+) -> None:
+    received = Received()
+    arrivals: list[float] = []
+
+    def deliver(batch: dict[str, NodeView | None]) -> None:
+        arrivals.append(time.monotonic())
+        received.deliver(batch)
+
+    nodes = client.CoreV1Api(lab.api).list_node
+    watch = listwatch.ListWatch(nodes, node_view, deliver, loop, name="t", coalesce_seconds=1.0)
+    watch.start()
+    try:
+        wait_for(watch.synced.is_set, 30, "the first list")
+        sent = time.monotonic()
+        first, second = test_nodes[:2]
+        for name in (first, second):
+            _label(lab, name, "batched", "yes")
+
+        def batch_with_change() -> int | None:
+            with received.lock:
+                return next(
+                    (
+                        i
+                        for i, b in enumerate(received.batches)
+                        if (v := b.get(first)) is not None and v.labels.get("batched")
+                    ),
+                    None,
+                )
+
+        wait_for(lambda: batch_with_change() is not None, 20, "the label change")
+        index = batch_with_change()
+        assert index is not None
+        # Both changes in that one batch, handed over a whole window after the first reached the watch.
+        batch = received.batches[index]
+        assert (view := batch.get(second)) is not None and view.labels.get("batched") == "yes"
+        assert arrivals[index] - sent >= 1.0
+    finally:
+        watch.stop()
