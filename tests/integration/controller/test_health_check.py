@@ -283,3 +283,33 @@ def test_control_plane_outage_fences_nothing(
     wait_for(lambda: policies.status(name).get("healthyNodes") == 3, 60, "the policy to see 3 healthy nodes")
     for host in ("lab-host-1", "lab-host-2", "lab-host-3"):
         assert policies.fences(host, name) == []
+
+
+def test_lease_fast_path_fences_a_silent_node_before_its_condition_would(
+    lab: RunningLab, policies: Policies, controller_process: Controller
+) -> None:
+    host = "lab-host-3"
+    controller_process.stop()
+    controller_process.start(extra=["--lease-fast-path"])
+    try:
+        # Ready=Unknown would take kube-controller-manager's grace period plus 10 minutes: within the
+        # wait below only the stale Lease (renewed every second in the lab) can make the node unhealthy.
+        # 5 s: a margin over the lab's 1 s renewals for a loaded machine (the fast path's trade-off).
+        name = policies.create(duration="10m", leaseStaleAfter="5s")
+        wait_for(lambda: policies.status(name).get("observedNodes") == 3, 20, "the policy to observe 3 nodes")
+        failed_at = _fail(lab, host, "kubelet-hang")
+        try:
+            fence = wait_for(lambda: (f := policies.fences(host, name)) and f[0], 60, f"a Fence for {host}")
+            signals = json.loads(fence["metadata"]["annotations"]["remediator.io/signals"])
+            assert signals and all(s.startswith("Lease not renewed for ") for s in signals), signals
+            # Not before the Lease was 5 s stale (it was renewed at most a second before the hang;
+            # creationTimestamp has whole seconds).
+            created = _time(fence["metadata"]["creationTimestamp"]).timestamp()
+            assert created >= failed_at + 5 - 1 - 1
+            done = wait_for(lambda: _finished(policies, fence["metadata"]["name"]), 90, "the Fence to finish")
+            assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
+        finally:
+            _heal_and_wait(lab, host)
+    finally:
+        controller_process.stop()
+        controller_process.start()
