@@ -118,7 +118,7 @@ class ListWatch(Generic[T]):
                 version = None
             except Exception as exc:  # the watch must outlive any one bad response
                 if self._stop.is_set():
-                    return  # stop() closed the response under a read
+                    return  # stop() shut the socket down under a read
                 if not failing:
                     log.warning("%s: list/watch failed (%s); retrying", self.name, _describe(exc))
                     failing = True
