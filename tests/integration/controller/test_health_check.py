@@ -98,6 +98,19 @@ def _heal_and_wait(lab: RunningLab, *hosts: str) -> None:
         wait_for(ready, 60, f"{host} Ready")
 
 
+def _wait_leases_renewed(lab: RunningLab, *hosts: str) -> None:
+    """Until each host's node Lease was renewed within the last 2 s (kwok's lease updates conflict
+    for a while after kube-apiserver restarts, so Ready alone does not mean the Leases are fresh)."""
+    leases = client.CoordinationV1Api(lab.api)
+    for host in hosts:
+
+        def fresh(name: str = host) -> bool:
+            renewed = leases.read_namespaced_lease(name, "kube-node-lease").spec.renew_time
+            return renewed is not None and (datetime.now(UTC) - renewed).total_seconds() < 2
+
+        wait_for(fresh, 90, f"{host}'s Lease renewed")
+
+
 def _events(lab: RunningLab, name: str) -> list[str]:
     items = lab.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
     return [f"{e.reason}: {e.message}" for e in items]
@@ -276,6 +289,7 @@ def test_control_plane_outage_fences_nothing(
     assert "kube-apiserver was down" in reply["message"]
     for host in ("lab-host-1", "lab-host-2", "lab-host-3"):
         wait_for(lambda h=host: node_ready_status(lab.core.read_node(h)) == "True", 90, f"{host} Ready")  # type: ignore[misc]
+    _wait_leases_renewed(lab, "lab-host-1", "lab-host-2", "lab-host-3")
     # The controller's leader may have given up its Lease during the outage and exited (by design:
     # it cannot know whether another replica took over); in a cluster its Deployment restarts it.
     if not controller_process.running():
@@ -295,6 +309,8 @@ def test_lease_fast_path_fences_a_silent_node_before_its_condition_would(
         # Ready=Unknown would take kube-controller-manager's grace period plus 10 minutes: within the
         # wait below only the stale Lease (renewed every second in the lab) can make the node unhealthy.
         # 5 s: a margin over the lab's 1 s renewals for a loaded machine (the fast path's trade-off).
+        # Every host's Lease must be live first, or the policy rightly fences a host that is not failed.
+        _wait_leases_renewed(lab, "lab-host-1", "lab-host-2", "lab-host-3")
         name = policies.create(duration="10m", leaseStaleAfter="5s")
         wait_for(lambda: policies.status(name).get("observedNodes") == 3, 20, "the policy to observe 3 nodes")
         failed_at = _fail(lab, host, "kubelet-hang")
