@@ -559,6 +559,14 @@ class ScriptedRedfishBmc:
         path = f"/redfish/v1/Systems/{system_id}" if system_id else ""
         return f"redfish://{LISTEN_IP}:{self.port}{path}"
 
+    def reset(self, systems: Sequence[ScriptedSystem]) -> None:
+        """Well-behaved again, with these systems and an empty request log (open sessions stay)."""
+        self.systems = {s.id: s for s in systems}
+        self.sessions_enabled = True
+        self.garbage = False
+        self.fail_status = None
+        self.requests.clear()
+
     def start(self, cert_dir: Path) -> ScriptedRedfishBmc:
         self._cert_dir = Path(cert_dir)
         cert, key = self._cert_dir / "scripted.crt", self._cert_dir / "scripted.key"

@@ -1,9 +1,9 @@
 """Fixtures for the Fence controller tests: CRDs, the controller as a real subprocess, real BMCs, test nodes.
 
 The controller runs as ``python -m remediator.controller_cli run --kubeconfig ...`` against the
-session's real control plane, so tests can SIGKILL it at any phase and start it again. BMCs are real
-servers on 127.0.0.1: sushy-emulator (libvirt ``test:///default``), our pyghmi IPMI BMC, and the
-scripted HTTPS Redfish BMC for misbehaving devices.
+session's real control plane, so tests can SIGKILL it at any phase and start it again. The BMCs are
+the real ones tests/integration/conftest.py starts for the session (sushy-emulator, the IPMI BMC and
+the scripted Redfish BMC); here their credentials go into a Secret for the controller.
 
 Test nodes are Node objects created by the test (not lab hosts), with a ``systemUUID`` matching their
 BMC. A :class:`HostAgent` plays the host's kubelet: while the BMC says the host is on, it heartbeats
@@ -35,10 +35,9 @@ from kubernetes.client.exceptions import ApiException
 from remediator import fence_controller as fc
 from remediator.fencing import open_driver
 from remediator.fencing.base import Credentials, PowerState
-from remediator.lab.bmc import IpmiBmc, ScriptedRedfishBmc, ScriptedSystem, SushyEmulator
-from remediator.lab.pki import CertificateAuthority
+from remediator.lab.bmc import ScriptedRedfishBmc, ScriptedSystem, SushyEmulator
 from remediator.nodefencing import node_fencing_manifest
-from tests.integration.conftest import RunningLab
+from tests.integration.conftest import PASSWORD, USER, RunningLab
 from tests.waiting import wait_for
 
 __all__ = ["MakeNode", "wait_for"]
@@ -46,10 +45,6 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
 NAMESPACE = "remediator-system"
-USER = "admin"
-PASSWORD = "Fence-pw-7d1e-never-shown"
-TEST_DOMAIN_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # libvirt's test:///default domain
-IPMI_UUID = "c0ffee00-aaaa-bbbb-cccc-444455556666"
 SECRET = "bmc-fence-test"
 LEASE_DURATION = "4"
 
@@ -88,24 +83,12 @@ def controller_namespace(lab: RunningLab) -> str:
 
 
 @pytest.fixture(scope="session")
-def bmc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fence-bmc")
-
-
-@pytest.fixture(scope="session")
-def ca(bmc_dir: Path) -> CertificateAuthority:
-    authority = CertificateAuthority.create("remediator-fence-test-ca")
-    authority.write(bmc_dir / "ca.crt", bmc_dir / "ca.key")
-    return authority
-
-
-@pytest.fixture(scope="session")
-def secret(lab: RunningLab, controller_namespace: str, bmc_dir: Path, ca: CertificateAuthority) -> str:
+def secret(lab: RunningLab, controller_namespace: str, ca_file: str) -> str:
     """The BMC credentials Secret (with the test CA) in the controller's namespace."""
     data = {
         "username": base64.b64encode(USER.encode()).decode(),
         "password": base64.b64encode(PASSWORD.encode()).decode(),
-        "ca.crt": base64.b64encode((bmc_dir / "ca.crt").read_bytes()).decode(),
+        "ca.crt": base64.b64encode(Path(ca_file).read_bytes()).decode(),
     }
     manifest = {"metadata": {"name": SECRET, "namespace": controller_namespace}, "data": data}
     with contextlib.suppress(ApiException):
@@ -115,14 +98,6 @@ def secret(lab: RunningLab, controller_namespace: str, bmc_dir: Path, ca: Certif
 
 
 # --- BMCs ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def sushy(bmc_dir: Path, ca: CertificateAuthority) -> Iterator[SushyEmulator]:
-    with SushyEmulator(
-        bmc_dir / "sushy", username=USER, password=PASSWORD, ca=ca, libvirt_uri="test:///default"
-    ) as emulator:
-        yield emulator
 
 
 def redfish_power(address: str, ca_file: Path) -> Callable[[], bool]:
@@ -138,42 +113,19 @@ def redfish_power(address: str, ca_file: Path) -> Callable[[], bool]:
 
 
 @pytest.fixture
-def sushy_on(sushy: SushyEmulator, bmc_dir: Path) -> SushyEmulator:
+def sushy_on(sushy_libvirt: SushyEmulator, ca_file: str) -> SushyEmulator:
     """The sushy-emulator host, powered on."""
-    with open_driver(sushy.address(), Credentials(USER, PASSWORD), ca_file=str(bmc_dir / "ca.crt")) as drv:  # type: ignore[attr-defined]
+    with open_driver(sushy_libvirt.address(), Credentials(USER, PASSWORD), ca_file=ca_file) as drv:  # type: ignore[attr-defined]
         if drv.power_state() is not PowerState.ON:
             drv.power_on()
             wait_for(lambda: drv.power_state() is PowerState.ON, 10, "sushy host on")
-    return sushy
-
-
-@pytest.fixture(scope="session")
-def ipmi_server(bmc_dir: Path) -> Iterator[IpmiBmc]:
-    with IpmiBmc(bmc_dir / "ipmi", username=USER, password=PASSWORD, system_uuid=IPMI_UUID) as bmc:
-        yield bmc
-
-
-@pytest.fixture
-def ipmi(ipmi_server: IpmiBmc) -> IpmiBmc:
-    ipmi_server.set_stuck(False)
-    ipmi_server.set_power(True)
-    return ipmi_server
-
-
-@pytest.fixture(scope="session")
-def scripted_server(bmc_dir: Path, ca: CertificateAuthority) -> Iterator[ScriptedRedfishBmc]:
-    server = ScriptedRedfishBmc(username=USER, password=PASSWORD, ca=ca).start(bmc_dir)
-    yield server
-    server.stop()
+    return sushy_libvirt
 
 
 @pytest.fixture
 def scripted(scripted_server: ScriptedRedfishBmc) -> ScriptedRedfishBmc:
     """The scripted Redfish BMC with one well-behaved system of a fresh UUID (``.systems['1']``)."""
-    scripted_server.systems = {"1": ScriptedSystem(id="1", uuid=str(uuid.uuid4()))}
-    scripted_server.garbage = False
-    scripted_server.fail_status = None
-    scripted_server.requests.clear()
+    scripted_server.reset([ScriptedSystem(id="1", uuid=str(uuid.uuid4()))])
     return scripted_server
 
 

@@ -16,10 +16,9 @@ from kubernetes import client, watch
 
 from remediator import fence_controller as fc
 from remediator.lab.bmc import ScriptedRedfishBmc, SushyEmulator
-from tests.integration.conftest import RunningLab
+from tests.integration.conftest import TEST_DOMAIN_UUID, RunningLab
 from tests.integration.controller.conftest import (
     REPO,
-    TEST_DOMAIN_UUID,
     Controller,
     MakeNode,
     create_fence,

@@ -12,10 +12,8 @@ from kubernetes.client.exceptions import ApiException
 
 from remediator import fence_controller as fc
 from remediator.lab.bmc import IpmiBmc, ScriptedRedfishBmc
-from tests.integration.conftest import RunningLab
+from tests.integration.conftest import IPMI_UUID, PASSWORD, RunningLab
 from tests.integration.controller.conftest import (
-    IPMI_UUID,
-    PASSWORD,
     Controller,
     MakeNode,
     NodeUnderTest,

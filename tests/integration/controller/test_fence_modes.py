@@ -8,11 +8,8 @@ import pytest
 from kubernetes import client
 
 from remediator.lab.bmc import IpmiBmc, SushyEmulator
-from tests.integration.conftest import RunningLab
+from tests.integration.conftest import IPMI_UUID, PASSWORD, TEST_DOMAIN_UUID, RunningLab
 from tests.integration.controller.conftest import (
-    IPMI_UUID,
-    PASSWORD,
-    TEST_DOMAIN_UUID,
     Controller,
     HostAgent,
     MakeNode,

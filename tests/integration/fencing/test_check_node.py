@@ -23,13 +23,12 @@ from kubernetes.client.exceptions import ApiException
 from remediator.fencing.base import Credentials
 from remediator.lab.bmc import IpmiBmc, SushyEmulator
 from remediator.nodefencing import GROUP, PLURAL, VERSION, node_fencing_manifest
-from tests.integration.conftest import RunningLab
+from tests.integration.conftest import TEST_DOMAIN_UUID, RunningLab
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
-TEST_DOMAIN_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # libvirt's test:///default domain
 WRONG_PASSWORD = "Wrong-7c21aa-not-in-output"
 
 

@@ -9,10 +9,9 @@ import pytest
 
 from remediator.fencing.base import Credentials
 from remediator.lab.bmc import IpmiBmc, ScriptedRedfishBmc, SushyEmulator
+from tests.integration.conftest import TEST_DOMAIN_UUID
 
 pytestmark = pytest.mark.integration
-
-TEST_DOMAIN_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # libvirt's test:///default domain
 
 
 def _main(argv: list[str]) -> int:

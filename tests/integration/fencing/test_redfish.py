@@ -29,11 +29,10 @@ from remediator.fencing.verify import (
     reboot_verified,
 )
 from remediator.lab.bmc import ScriptedRedfishBmc, ScriptedSystem, SushyEmulator
+from tests.integration.conftest import TEST_DOMAIN_UUID
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-TEST_DOMAIN_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # libvirt's test:///default domain
 
 
 def _driver(address: str, creds: Credentials, **kwargs: object) -> RedfishDriver:
