@@ -4,6 +4,7 @@ controller (Fences and policies) as a subprocess. Each test owns its policy and 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -99,16 +100,29 @@ def _heal_and_wait(lab: RunningLab, *hosts: str) -> None:
 
 
 def _wait_leases_renewed(lab: RunningLab, *hosts: str) -> None:
-    """Until each host's node Lease was renewed within the last 2 s (kwok's lease updates conflict
-    for a while after kube-apiserver restarts, so Ready alone does not mean the Leases are fresh)."""
+    """Until every host's node Lease has been renewed steadily (never older than 2 s) for 8 s:
+    after kube-apiserver restarts, kwok's lease updates conflict on and off for a while, so a node
+    being Ready -- or one fresh renewal -- does not mean its Lease stays fresh."""
     leases = client.CoordinationV1Api(lab.api)
-    for host in hosts:
+    steady_since: list[float] = []
 
-        def fresh(name: str = host) -> bool:
-            renewed = leases.read_namespaced_lease(name, "kube-node-lease").spec.renew_time
-            return renewed is not None and (datetime.now(UTC) - renewed).total_seconds() < 2
+    def all_fresh() -> bool:
+        now = datetime.now(UTC)
+        for host in hosts:
+            renewed = leases.read_namespaced_lease(host, "kube-node-lease").spec.renew_time
+            if renewed is None or (now - renewed).total_seconds() >= 2:
+                return False
+        return True
 
-        wait_for(fresh, 90, f"{host}'s Lease renewed")
+    def steady() -> bool:
+        if not all_fresh():
+            steady_since.clear()
+            return False
+        if not steady_since:
+            steady_since.append(time.monotonic())
+        return time.monotonic() - steady_since[0] >= 8
+
+    wait_for(steady, 120, f"the Leases of {', '.join(hosts)} renewed steadily", interval=0.25)
 
 
 def _events(lab: RunningLab, name: str) -> list[str]:
