@@ -4,8 +4,7 @@ A :class:`VmHostService` is one of the lab's host services (``remediator.lab.hos
 
 * ``boot`` (a host powers on, or the lab starts): spawn the host's libvirtd (its own mount namespace
   and ``host_uuid``, state under ``STATE_DIR/vmhosts/HOST``, kept across power cycles so that a host
-  comes back holding its old domain definitions -- except its ``run`` directory, a tmpfs on a real
-  host) and its handler
+  comes back holding its old domain definitions, but not its guests' runtime status) and its handler
   (``python -m vmcore.handler --node HOST --libvirt-uri URI --kubeconfig ...``). The first boot also
   starts the vmcore controller (``python -m vmcore.controller``), which lives as long as the lab.
 * ``halt`` (power lost): SIGKILL the handler, every qemu of the host (read from libvirt's pid files)
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -87,11 +85,15 @@ class VmHostService:
 
     def boot(self, host: LabHost) -> None:
         daemon = self.libvirtd(host.name)
-        # /run is a tmpfs on a real host: a power cut empties it. Left in place, libvirt's status
-        # files would make the new libvirtd list the killed guests as running until its reconnect
-        # to their (dead) qemu monitors fails, and a stale socket would let the handler connect
-        # too early.
-        shutil.rmtree(daemon.root / "run", ignore_errors=True)
+        # A power cut leaves no running guest behind. Left in place, libvirt's per-guest status files
+        # would make the new libvirtd list the killed guests as running until its reconnect to their
+        # (dead) qemu monitors fails; a stale socket would let the handler connect too early. The
+        # rest of libvirt's runtime directory stays as it is.
+        for stale in (daemon.root / "run" / "qemu").glob("*.xml"):
+            stale.unlink(missing_ok=True)
+        for stale in (daemon.root / "run" / "qemu").glob("*.pid"):
+            stale.unlink(missing_ok=True)
+        daemon.socket_path.unlink(missing_ok=True)
         daemon.spawn()
         self._start_handler(host)
         self._start_controller()
